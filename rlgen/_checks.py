@@ -1,0 +1,155 @@
+"""Trace-time argument checks shared by every layer of rlgen.
+
+Every public kernel validates its inputs here before doing any math, in the manner of
+rlax: shapes and dtypes are static under `jit`, so a bad call fails while tracing with
+a message that names the argument, what was expected and what came. Scalar ranges
+(`gamma` in [0, 1], `eps >= 0`) are checked when the scalar is concrete (a Python number
+or a concrete array); a traced scalar (a value swept under `vmap` or scheduled inside
+`jit`) cannot be inspected and is accepted as is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _describe(x: Any) -> str:
+    shape = getattr(x, "shape", None)
+    dtype = getattr(x, "dtype", None)
+    if shape is None:
+        return f"{type(x).__name__} {x!r}"
+    return f"shape {tuple(shape)} dtype {dtype}"
+
+
+def as_array(x: Any, name: str) -> jax.Array:
+    """Converts `x` to a JAX array, naming `name` if that fails."""
+    if x is None:
+        raise TypeError(f"`{name}` is required, got None")
+    try:
+        return jnp.asarray(x)
+    except TypeError as err:  # e.g. a string or an object
+        raise TypeError(f"`{name}` must be an array, got {type(x).__name__}") from err
+
+
+def check_rank(x: jax.Array, ranks: int | Iterable[int], name: str, what: str = "") -> None:
+    """Raises ValueError unless `x.ndim` is one of `ranks`."""
+    allowed = (ranks,) if isinstance(ranks, int) else tuple(ranks)
+    if x.ndim not in allowed:
+        expected = " or ".join(f"rank {r}" for r in allowed)
+        hint = f" {what}" if what else ""
+        raise ValueError(f"`{name}` must have {expected}{hint}, got {_describe(x)}")
+
+
+def check_float(x: jax.Array, name: str) -> None:
+    """Raises TypeError unless `x` has a floating dtype."""
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(
+            f"`{name}` must have a floating dtype (e.g. float32), got {_describe(x)}; "
+            f"cast it with .astype(jnp.float32)"
+        )
+
+
+def check_integer(x: jax.Array, name: str) -> None:
+    """Raises TypeError unless `x` has an integer dtype."""
+    if not jnp.issubdtype(x.dtype, jnp.integer):
+        raise TypeError(f"`{name}` must have an integer dtype (token ids), got {_describe(x)}")
+
+
+def check_shape(x: jax.Array, shape: tuple[int, ...], name: str, like: str = "") -> None:
+    """Raises ValueError unless `x.shape == shape`."""
+    if tuple(x.shape) != tuple(shape):
+        ref = f" (the shape of `{like}`)" if like else ""
+        raise ValueError(f"`{name}` must have shape {tuple(shape)}{ref}, got {_describe(x)}")
+
+
+def as_mask(mask: Any, shape: tuple[int, ...], name: str = "mask", like: str = "") -> jax.Array:
+    """Validates an optional 0/1 mask of `shape` and returns it as float32 (ones if None)."""
+    if mask is None:
+        return jnp.ones(shape, jnp.float32)
+    mask = as_array(mask, name)
+    check_shape(mask, shape, name, like)
+    if not (
+        jnp.issubdtype(mask.dtype, jnp.bool_)
+        or jnp.issubdtype(mask.dtype, jnp.integer)
+        or jnp.issubdtype(mask.dtype, jnp.floating)
+    ):
+        raise TypeError(f"`{name}` must be boolean, integer or floating, got {_describe(mask)}")
+    return mask.astype(jnp.float32)
+
+
+def concrete_value(x: Any) -> float | None:
+    """The Python value of a scalar if it is concrete, else None (traced)."""
+    if isinstance(x, (int, float, np.number)) and not isinstance(x, bool):
+        return float(x)
+    if isinstance(x, bool):
+        return float(x)
+    if isinstance(x, jax.core.Tracer):
+        return None
+    try:
+        arr = np.asarray(x)
+    except Exception:  # noqa: BLE001 - anything that cannot become a host array is traced
+        return None
+    if arr.shape != ():
+        return None
+    return float(arr)
+
+
+def check_scalar(x: Any, name: str) -> None:
+    """Raises unless `x` is a scalar (Python number or 0-d array)."""
+    if isinstance(x, (int, float, np.number)):
+        return
+    shape = getattr(x, "shape", None)
+    if shape is None:
+        raise TypeError(f"`{name}` must be a scalar number, got {type(x).__name__}")
+    if tuple(shape) != ():
+        raise ValueError(f"`{name}` must be a scalar (shape ()), got {_describe(x)}")
+
+
+def check_range(
+    x: Any,
+    name: str,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """Raises ValueError if a concrete scalar `x` lies outside [low, high]."""
+    check_scalar(x, name)
+    v = concrete_value(x)
+    if v is None:
+        return
+    bad = np.isnan(v)
+    if low is not None:
+        bad |= v <= low if low_open else v < low
+    if high is not None:
+        bad |= v >= high if high_open else v > high
+    if bad:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        lo_s = "-inf" if low is None else f"{low:g}"
+        hi_s = "inf" if high is None else f"{high:g}"
+        raise ValueError(f"`{name}` must lie in {lo}{lo_s}, {hi_s}{hi}, got {v:g}")
+
+
+def check_choice(value: Any, choices: Iterable[str] | Mapping[str, Any], name: str) -> str:
+    """Raises ValueError unless `value` is one of `choices`; returns it."""
+    options = tuple(choices)
+    if not isinstance(value, str) or value not in options:
+        listed = ", ".join(repr(c) for c in options)
+        raise ValueError(f"unknown `{name}` {value!r}; expected one of {listed}")
+    return value
+
+
+def check_positive_int(x: Any, name: str) -> int:
+    """Raises unless `x` is a Python int >= 1 (a static size); returns it."""
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
+        raise TypeError(f"`{name}` must be a Python int (a static size), got {type(x).__name__}")
+    if x < 1:
+        raise ValueError(f"`{name}` must be >= 1, got {x}")
+    return int(x)

@@ -1,0 +1,88 @@
+"""`rlgen.ops`: pure array math for RL fine-tuning (no parameters, no optimizers).
+
+Batch-major `[B, T]` inputs with masks; scans run time-major inside; no reductions unless
+asked (see `aggregate`); errors at trace time. The reference guide's six utilities
+(`compute_discounted_returns`, `compute_gae_advantages`, `normalize_advantages`,
+`compute_policy_entropy`, `compute_kl_divergence`, `compute_clipped_surrogate_loss`) are
+here under their names, built on the general kernels.
+"""
+
+from rlgen.ops.advantages import (
+    group_advantages,
+    masked_moments,
+    normalize_advantages,
+    rloo_advantages,
+)
+from rlgen.ops.aggregation import MODES as AGGREGATION_MODES
+from rlgen.ops.aggregation import aggregate, aggregate_parts
+from rlgen.ops.kl import (
+    ESTIMATORS as KL_ESTIMATORS,
+)
+from rlgen.ops.kl import (
+    compute_kl_divergence,
+    compute_policy_entropy,
+    entropy,
+    kl_divergence,
+    kl_estimate,
+)
+from rlgen.ops.logprobs import (
+    masked_mean,
+    masked_sum,
+    token_entropy,
+    token_log_probs,
+    token_log_probs_from_hidden,
+    token_log_probs_memory_light,
+)
+from rlgen.ops.policy import (
+    ClippedSurrogate,
+    clipped_surrogate_loss,
+    compute_clipped_surrogate_loss,
+    importance_log_ratio,
+    value_loss,
+)
+from rlgen.ops.preference import LOSS_TYPES as PREFERENCE_LOSS_TYPES
+from rlgen.ops.preference import PreferenceLoss, preference_loss
+from rlgen.ops.returns import (
+    compute_discounted_returns,
+    compute_gae_advantages,
+    discounted_returns,
+    gae_advantages,
+    lambda_returns,
+    td_errors,
+)
+
+__all__ = [
+    "AGGREGATION_MODES",
+    "KL_ESTIMATORS",
+    "PREFERENCE_LOSS_TYPES",
+    "ClippedSurrogate",
+    "PreferenceLoss",
+    "aggregate",
+    "aggregate_parts",
+    "clipped_surrogate_loss",
+    "compute_clipped_surrogate_loss",
+    "compute_discounted_returns",
+    "compute_gae_advantages",
+    "compute_kl_divergence",
+    "compute_policy_entropy",
+    "discounted_returns",
+    "entropy",
+    "gae_advantages",
+    "group_advantages",
+    "importance_log_ratio",
+    "kl_divergence",
+    "kl_estimate",
+    "lambda_returns",
+    "masked_mean",
+    "masked_moments",
+    "masked_sum",
+    "normalize_advantages",
+    "preference_loss",
+    "rloo_advantages",
+    "td_errors",
+    "token_entropy",
+    "token_log_probs",
+    "token_log_probs_from_hidden",
+    "token_log_probs_memory_light",
+    "value_loss",
+]
