@@ -1,0 +1,38 @@
+"""`rlgen.algorithms`: each algorithm as a pure `Algorithm(init, update)` pair.
+
+    algo = rlgen.algorithms.grpo(policy_fn, optax.adam(1e-4), GRPOConfig(num_generations=4))
+    state = algo.init(params)
+    state, metrics = jax.jit(algo.update)(state, batch)
+
+Each algorithm's loss is public too (`reinforce_loss`, `grpo_loss`, `dpo_loss`,
+`dpo_sequence_loss`) for users who own their optimiser step.
+"""
+
+from rlgen.algorithms.base import Algorithm, TokenCategorical, evaluate_policy
+from rlgen.algorithms.dpo import DPOConfig, DPOState, dpo, dpo_loss, dpo_sequence_loss
+from rlgen.algorithms.grpo import GRPOConfig, GRPOState, grpo, grpo_loss
+from rlgen.algorithms.reinforce import (
+    REINFORCEConfig,
+    REINFORCEState,
+    reinforce,
+    reinforce_loss,
+)
+
+__all__ = [
+    "Algorithm",
+    "DPOConfig",
+    "DPOState",
+    "GRPOConfig",
+    "GRPOState",
+    "REINFORCEConfig",
+    "REINFORCEState",
+    "TokenCategorical",
+    "dpo",
+    "dpo_loss",
+    "dpo_sequence_loss",
+    "evaluate_policy",
+    "grpo",
+    "grpo_loss",
+    "reinforce",
+    "reinforce_loss",
+]

@@ -1,0 +1,199 @@
+"""What every algorithm shares: the `Algorithm` pair, the policy protocol, optimiser
+steps, batch checks, data-parallel reductions and the non-finite-reward guard.
+
+The policy protocol (the one place it is defined):
+
+* `policy_fn(params, observations)` returns a `distrax.Distribution` over actions whose
+  `log_prob(actions)` has the batch shape of the actions (`[B]` for one action per sample,
+  `[B, T]` for token sequences) and whose `entropy()` has the same shape. PPO's
+  `policy_fn` returns `(distribution, values)` with `values` shaped like the log-probs.
+* For sequence models, `TokenCategorical(logits)` wraps `[B, T, V]` logits as such a
+  distribution with memory-light log-probs and fused entropies (`rlgen.ops`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import distrax
+import jax
+import jax.numpy as jnp
+import optax
+
+from rlgen import _checks, ops
+
+Params = Any
+Batch = Mapping[str, Any]
+Metrics = dict[str, jax.Array]
+
+
+class Algorithm(NamedTuple):
+    """A pure RL algorithm, in the manner of an `optax.GradientTransformation`.
+
+    `state = init(params)`; `state, metrics = update(state, batch)`. Both are pure and
+    safe under `jit`, `vmap`, `lax.scan`, `pmap` and `shard_map`; the state is a
+    NamedTuple of arrays whose structure and dtypes never change.
+    """
+
+    init: Callable[[Params], Any]
+    update: Callable[[Any, Batch], tuple[Any, Metrics]]
+
+
+class TokenCategorical(distrax.Categorical):
+    """A categorical over `[..., V]` logits whose `log_prob` never forms a log-softmax.
+
+    `log_prob(actions)` is `rlgen.ops.token_log_probs_memory_light` and `entropy()` is the
+    fused `rlgen.ops.token_entropy`; everything else is `distrax.Categorical`.
+
+    Example:
+      >>> d = TokenCategorical(jnp.zeros((2, 3, 4)))
+      >>> d.log_prob(jnp.zeros((2, 3), jnp.int32)).shape, d.entropy()[0, 0].round(4)
+      ((2, 3), Array(1.3863, dtype=float32))
+    """
+
+    def log_prob(self, value):
+        return ops.token_log_probs_memory_light(self.logits, jnp.asarray(value).astype(jnp.int32))
+
+    def entropy(self):
+        return ops.token_entropy(self.logits)
+
+
+def evaluate_policy(policy_fn, params, observations, actions, *, with_values=False):
+    """Calls the policy and returns `(log_probs, entropy[, values])` as float32 arrays.
+
+    Raises a TypeError that says what is missing when `policy_fn` does not follow the
+    protocol (module doc).
+    """
+    out = policy_fn(params, observations)
+    values = None
+    if with_values:
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise TypeError(
+                "PPO's `policy_fn(params, observations)` must return `(distribution, values)`; "
+                f"got {type(out).__name__}"
+            )
+        out, values = out
+    if not (hasattr(out, "log_prob") and hasattr(out, "entropy")):
+        raise TypeError(
+            "`policy_fn(params, observations)` must return a distrax distribution (with "
+            f"`log_prob` and `entropy`); got {type(out).__name__}. For [B, T, V] logits, "
+            "return `rlgen.algorithms.TokenCategorical(logits)`"
+        )
+    log_probs = jnp.asarray(out.log_prob(actions))
+    entropy = jnp.asarray(out.entropy())
+    if entropy.shape != log_probs.shape:
+        raise ValueError(
+            f"the policy's entropy() has shape {entropy.shape} but log_prob(actions) has "
+            f"{log_probs.shape}; they must match (one value per action)"
+        )
+    f32 = lambda x: x.astype(jnp.promote_types(x.dtype, jnp.float32))  # noqa: E731
+    if values is None:
+        return f32(log_probs), f32(entropy)
+    values = jnp.asarray(values)
+    return f32(log_probs), f32(entropy), f32(values)
+
+
+def with_grad_clipping(optimizer: optax.GradientTransformation, max_grad_norm):
+    """Chains `optax.clip_by_global_norm(max_grad_norm)` before `optimizer` (None: as is)."""
+    if max_grad_norm is None:
+        return optimizer
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm), optimizer)
+
+
+def apply_gradients(optimizer, params, opt_state, grads, *, skip=None):
+    """One optimiser step; with `skip` (a boolean scalar) true, returns the inputs unchanged.
+
+    Updates are cast to each parameter's dtype, so bfloat16 parameters stay bfloat16.
+    """
+    updates, new_opt_state = optimizer.update(grads, opt_state, params)
+    new_params = jax.tree.map(
+        lambda p, u: (p + u.astype(p.dtype)).astype(p.dtype), params, updates
+    )
+    if skip is None:
+        return new_params, new_opt_state
+    keep = lambda new, old: jax.tree.map(  # noqa: E731
+        lambda n, o: jnp.where(skip, o, n), new, old
+    )
+    return keep(new_params, params), keep(new_opt_state, opt_state)
+
+
+def check_batch(batch: Batch, required, optional, algorithm: str) -> None:
+    """Raises ValueError naming the keys required when `batch` lacks one or has extras."""
+    if not isinstance(batch, Mapping):
+        raise TypeError(f"{algorithm} batch must be a dict of arrays, got {type(batch).__name__}")
+    missing = [k for k in required if k not in batch]
+    if missing:
+        raise ValueError(
+            f"{algorithm} batch is missing key(s) {missing}; required keys are "
+            f"{list(required)}, optional keys {list(optional)}; got {sorted(batch)}"
+        )
+    unknown = [k for k in batch if k not in required and k not in optional]
+    if unknown:
+        raise ValueError(
+            f"{algorithm} batch has unknown key(s) {unknown}; required keys are "
+            f"{list(required)}, optional keys {list(optional)}"
+        )
+
+
+def psum(x, axis_name):
+    """`lax.psum` over `axis_name`, or `x` itself without one."""
+    return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def pmean(x, axis_name):
+    """`lax.pmean` over `axis_name`, or `x` itself without one."""
+    return x if axis_name is None else jax.lax.pmean(x, axis_name)
+
+
+def global_token_mean(values, mask, mode, axis_name, *, norm=None):
+    """This shard's share of the batch-wide aggregate: `total_local / count_global`.
+
+    Summing it over shards (or micro-batches) gives `rlgen.ops.aggregate` of the whole
+    batch, and so does summing its gradients, which is what keeps data parallelism and
+    gradient accumulation exact.
+    """
+    total, count = ops.aggregate_parts(values, mask, mode, norm=norm)
+    count = jax.lax.stop_gradient(psum(count, axis_name))
+    return jnp.where(count > 0, total / jnp.where(count > 0, count, 1.0), 0.0)
+
+
+def check_rewards(rewards, name="rewards"):
+    """Validates floating rewards and returns `(rewards, n_nonfinite)`.
+
+    Non-finite rewards are reported, not trained on: eagerly (concrete rewards) this
+    raises ValueError; under `jit` a host warning is emitted (`jax.debug.callback`) and
+    the caller skips the parameter update for that batch.
+    """
+    rewards = _checks.as_array(rewards, name)
+    _checks.check_float(rewards, name)
+    n_bad = jnp.sum(~jnp.isfinite(rewards))
+    if not isinstance(rewards, jax.core.Tracer):
+        if int(n_bad):
+            raise ValueError(
+                f"`{name}` holds {int(n_bad)} non-finite value(s) (NaN or inf); refusing to "
+                "train on them"
+            )
+    else:
+        jax.debug.callback(_warn_nonfinite, n_bad, name)
+    return rewards, n_bad
+
+
+def _warn_nonfinite(n_bad, name):
+    if int(n_bad):
+        warnings.warn(
+            f"`{name}` held {int(n_bad)} non-finite value(s); the update was skipped "
+            "(parameters and optimiser state unchanged)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+def sequence_rewards_to_steps(rewards, mask):
+    """Places `[B]` sequence rewards on each row's last valid step of a `[B, T]` mask."""
+    valid = mask > 0
+    horizon = mask.shape[1]
+    last = horizon - 1 - jnp.argmax(valid[:, ::-1], axis=1)
+    onehot = jnp.arange(horizon)[None, :] == last[:, None]
+    return jnp.where(onehot & valid, rewards[:, None], 0.0)

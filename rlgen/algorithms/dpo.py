@@ -1,0 +1,323 @@
+"""DPO and its relatives (cDPO, robust DPO, hinge, IPO, SimPO) as an init/update pair.
+
+DPO trains from sequences (SPEC item 6): the batch holds the chosen and rejected
+responses, the policy's sequence log-probs are computed from the parameters (so the
+gradient reaches them), and the reference log-probs come from the batch or from a frozen
+copy of the initial parameters.
+
+Sequence batch keys: `chosen_observations`, `chosen_actions`, `rejected_observations`,
+`rejected_actions` (the policy's `log_prob(actions)` is `[B, T]` per token or `[B]`),
+optional `chosen_mask`, `rejected_mask` (`[B, T]` response tokens), and, with
+`ref_source="batch"`, `ref_chosen_log_probs`, `ref_rejected_log_probs` (`[B]`).
+
+Log-prob batch keys (`dpo_loss` only: evaluation, or users who compute log-probs
+themselves): `chosen_log_probs`, `rejected_log_probs` (`[B]`), the two `ref_*` keys unless
+reference-free, and `chosen_lengths`, `rejected_lengths` for the length-normalised types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from rlgen import _checks, ops
+from rlgen.algorithms import base
+
+_REFS = ("ref_chosen_log_probs", "ref_rejected_log_probs")
+_SEQ_REQUIRED = (
+    "chosen_observations",
+    "chosen_actions",
+    "rejected_observations",
+    "rejected_actions",
+)
+_SEQ_OPTIONAL = ("chosen_mask", "rejected_mask", *_REFS)
+_LP_REQUIRED = ("chosen_log_probs", "rejected_log_probs")
+_LP_OPTIONAL = (*_REFS, "chosen_lengths", "rejected_lengths")
+
+
+@dataclasses.dataclass(frozen=True)
+class DPOConfig:
+    """DPO settings: the reference guide's fields and defaults, plus extras.
+
+    Guide fields: `beta=0.1` (temperature of the implicit reward), `label_smoothing=0.0`
+    (cDPO / robust DPO flip rate), `reference_free=False` (True selects SimPO: length-
+    normalised log-probs, target margin `simpo_gamma`, no reference; Meng et al. 2024).
+
+    Extras: `loss_type` (None: "simpo" if `reference_free` else "sigmoid"; or "robust",
+    "hinge", "ipo"), `simpo_gamma=0.5`, `length_normalize=False` (average instead of
+    summed token log-probs for sigmoid/robust/hinge; IPO and SimPO always normalise),
+    `ref_source` ("initial": a frozen copy of the params at `init`; "batch": the
+    `ref_*_log_probs` keys), `max_grad_norm` (None: no clipping), `axis_name`.
+    """
+
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    reference_free: bool = False
+    loss_type: str | None = None
+    simpo_gamma: float = 0.5
+    length_normalize: bool = False
+    ref_source: str = "initial"
+    max_grad_norm: float | None = None
+    axis_name: Any = None
+
+    def __post_init__(self):
+        _checks.check_range(self.beta, "beta", 0.0, low_open=True)
+        if not isinstance(self.reference_free, bool):
+            raise TypeError("`reference_free` must be a bool")
+        if self.loss_type is None:
+            object.__setattr__(self, "loss_type", "simpo" if self.reference_free else "sigmoid")
+        _checks.check_choice(self.loss_type, ops.PREFERENCE_LOSS_TYPES, "loss_type")
+        if self.reference_free and self.loss_type != "simpo":
+            raise ValueError(
+                f"reference_free=True selects SimPO; loss_type {self.loss_type!r} needs a "
+                "reference (set reference_free=False)"
+            )
+        if self.loss_type == "simpo" and not self.reference_free:
+            raise ValueError("loss_type 'simpo' is reference-free: set reference_free=True")
+        robust = self.loss_type == "robust"
+        _checks.check_range(self.label_smoothing, "label_smoothing", 0.0, 0.5, high_open=robust)
+        if self.loss_type in ("hinge", "ipo") and self.label_smoothing != 0:
+            raise ValueError(f"loss_type {self.loss_type!r} does not use `label_smoothing`")
+        _checks.check_range(self.simpo_gamma, "simpo_gamma")
+        if not isinstance(self.length_normalize, bool):
+            raise TypeError("`length_normalize` must be a bool")
+        if self.length_normalize and self.loss_type in ("ipo", "simpo"):
+            raise ValueError(
+                f"loss_type {self.loss_type!r} is always length-normalised; leave "
+                "`length_normalize` False"
+            )
+        _checks.check_choice(self.ref_source, ("initial", "batch"), "ref_source")
+        if self.max_grad_norm is not None:
+            _checks.check_range(self.max_grad_norm, "max_grad_norm", 0.0, low_open=True)
+
+    @property
+    def uses_reference(self) -> bool:
+        return self.loss_type != "simpo"
+
+
+class DPOState(NamedTuple):
+    """DPO's algorithm state; `ref_params` is `()` unless `ref_source="initial"`."""
+
+    params: Any
+    opt_state: Any
+    step: jax.Array
+    ref_params: Any
+
+
+def dpo_loss(batch, config: DPOConfig = DPOConfig()):
+    """DPO-family loss from precomputed sequence log-probs (no parameters involved).
+
+    Math: see `rlgen.ops.preference_loss`; the loss is the mean over pairs.
+
+    Args:
+      batch: dict with the log-prob keys of the module doc.
+      config: a `DPOConfig`.
+
+    Returns:
+      `(loss, metrics)` with metrics `loss, dpo_loss, reward_accuracy, chosen_reward,
+      rejected_reward, reward_margin`.
+
+    Example:
+      >>> lp = jnp.array([-3.0, -4.0])
+      >>> batch = {"chosen_log_probs": lp, "rejected_log_probs": lp,
+      ...          "ref_chosen_log_probs": lp, "ref_rejected_log_probs": lp}
+      >>> loss, m = dpo_loss(batch)
+      >>> round(float(loss), 4)
+      0.6931
+    """
+    base.check_batch(batch, _LP_REQUIRED, _LP_OPTIONAL, "DPO (log-prob form)")
+    refs = _batch_refs(batch, config)
+    out = ops.preference_loss(
+        batch["chosen_log_probs"],
+        batch["rejected_log_probs"],
+        *refs,
+        **_loss_kwargs(config),
+        chosen_lengths=batch.get("chosen_lengths"),
+        rejected_lengths=batch.get("rejected_lengths"),
+    )
+    return _reduce(out, config.axis_name)
+
+
+def _loss_kwargs(config):
+    kw = {"loss_type": config.loss_type, "beta": config.beta}
+    if config.loss_type in ("sigmoid", "robust", "simpo"):
+        kw["label_smoothing"] = config.label_smoothing
+    if config.loss_type == "simpo":
+        kw["simpo_gamma"] = config.simpo_gamma
+    return kw
+
+
+def _batch_refs(batch, config):
+    keys = _REFS
+    present = [k for k in keys if k in batch]
+    if not config.uses_reference:
+        if present:
+            raise ValueError(f"SimPO (reference_free=True) takes no reference; drop {present}")
+        return (None, None)
+    if len(present) != 2:
+        raise ValueError(
+            f"DPO loss_type {config.loss_type!r} needs the batch keys {list(keys)} "
+            f"([B] reference sequence log-probs); got {sorted(batch)}"
+        )
+    return tuple(batch[k] for k in keys)
+
+
+def _reduce(out: ops.PreferenceLoss, axis_name):
+    """Mean over pairs (global under `axis_name`) and the SPEC metric names."""
+    mean = lambda x: base.pmean(jnp.mean(x), axis_name)  # noqa: E731
+    margin = out.chosen_rewards - out.rejected_rewards
+    loss = mean(out.losses)
+    metrics = {
+        "loss": loss,
+        "dpo_loss": loss,
+        "reward_accuracy": mean((margin > 0).astype(jnp.float32)),
+        "chosen_reward": mean(out.chosen_rewards),
+        "rejected_reward": mean(out.rejected_rewards),
+        "reward_margin": mean(margin),
+    }
+    return loss, metrics
+
+
+def _sequence_log_probs(policy_fn, params, obs, actions, mask, name):
+    log_probs, _ = base.evaluate_policy(policy_fn, params, obs, actions)
+    if log_probs.ndim == 1:
+        log_probs = log_probs[:, None]
+    if mask is not None and jnp.ndim(mask) == 1:
+        mask = jnp.asarray(mask)[:, None]
+    m = _checks.as_mask(mask, log_probs.shape, name, "the policy's log_prob(actions)")
+    return ops.masked_sum(log_probs, m), jnp.sum(m, axis=-1)
+
+
+def dpo_sequence_loss(
+    params, batch, policy_fn, config: DPOConfig = DPOConfig(), *, ref_params=None
+):
+    """DPO-family loss from chosen/rejected sequences: gradients reach `params`.
+
+    Sequence log-probs are masked sums of the policy's per-token log-probs (masked means
+    with `length_normalize`; IPO and SimPO divide by the lengths inside the loss).
+
+    Args:
+      params: policy parameters (differentiated).
+      batch: dict with the sequence keys of the module doc.
+      policy_fn: `policy_fn(params, observations) -> distrax distribution`.
+      config: a `DPOConfig`.
+      ref_params: frozen reference params, needed with `ref_source="initial"`.
+
+    Returns:
+      `(loss, metrics)` as `dpo_loss`.
+
+    Example:
+      >>> import distrax
+      >>> policy = lambda p, obs: distrax.Categorical(logits=p[obs])
+      >>> batch = {"chosen_observations": jnp.array([0]), "chosen_actions": jnp.array([1]),
+      ...          "rejected_observations": jnp.array([0]),
+      ...          "rejected_actions": jnp.array([0])}
+      >>> p = jnp.zeros((1, 2))
+      >>> loss, m = dpo_sequence_loss(p, batch, policy, ref_params=p)
+      >>> round(float(m["reward_margin"]), 4)
+      0.0
+    """
+    if any(k in batch for k in _LP_REQUIRED):
+        raise ValueError(
+            "DPO training needs sequences, not precomputed log-probs (no gradient can reach "
+            f"the model through them): pass the keys {list(_SEQ_REQUIRED)} (optional "
+            f"{list(_SEQ_OPTIONAL)}); use `dpo_loss` to evaluate precomputed log-probs"
+        )
+    base.check_batch(batch, _SEQ_REQUIRED, _SEQ_OPTIONAL, "DPO")
+    seq = {}
+    for side in ("chosen", "rejected"):
+        seq[side] = _sequence_log_probs(
+            policy_fn,
+            params,
+            batch[f"{side}_observations"],
+            batch[f"{side}_actions"],
+            batch.get(f"{side}_mask"),
+            f"{side}_mask",
+        )
+    refs = (None, None)
+    if config.uses_reference:
+        if config.ref_source == "batch":
+            refs = _batch_refs(batch, config)
+        else:
+            if any(k.startswith("ref_") for k in batch):
+                raise ValueError(
+                    "DPOConfig.ref_source='initial' computes reference log-probs from the "
+                    "frozen initial params; drop the 'ref_*' batch keys or set "
+                    "ref_source='batch'"
+                )
+            if ref_params is None:
+                raise ValueError("DPOConfig.ref_source='initial' needs `ref_params`")
+            refs = tuple(
+                jax.lax.stop_gradient(
+                    _sequence_log_probs(
+                        policy_fn,
+                        ref_params,
+                        batch[f"{side}_observations"],
+                        batch[f"{side}_actions"],
+                        batch.get(f"{side}_mask"),
+                        f"{side}_mask",
+                    )[0]
+                )
+                for side in ("chosen", "rejected")
+            )
+    else:
+        _batch_refs(batch, config)  # rejects reference keys for SimPO
+    (chosen, len_c), (rejected, len_r) = seq["chosen"], seq["rejected"]
+    lengths = {}
+    if config.loss_type in ("ipo", "simpo"):
+        lengths = {"chosen_lengths": len_c, "rejected_lengths": len_r}
+    elif config.length_normalize:
+        chosen, rejected = chosen / jnp.maximum(len_c, 1.0), rejected / jnp.maximum(len_r, 1.0)
+        if refs[0] is not None:
+            refs = (refs[0] / jnp.maximum(len_c, 1.0), refs[1] / jnp.maximum(len_r, 1.0))
+    out = ops.preference_loss(chosen, rejected, *refs, **_loss_kwargs(config), **lengths)
+    return _reduce(out, config.axis_name)
+
+
+def dpo(policy_fn, optimizer: optax.GradientTransformation, config: DPOConfig = DPOConfig()):
+    """DPO (Rafailov et al. 2023, arXiv 2305.18290) as an `Algorithm(init, update)` pair.
+
+    `init(params)` keeps a frozen copy of `params` as the reference (with
+    `ref_source="initial"` and a reference-based loss). `update(state, batch)` takes one
+    optimiser step on `dpo_sequence_loss`.
+
+    Example:
+      >>> import distrax, optax
+      >>> policy = lambda p, obs: distrax.Categorical(logits=p[obs])
+      >>> algo = dpo(policy, optax.sgd(1.0))
+      >>> state = algo.init(jnp.zeros((1, 2)))
+      >>> batch = {"chosen_observations": jnp.array([0]), "chosen_actions": jnp.array([1]),
+      ...          "rejected_observations": jnp.array([0]),
+      ...          "rejected_actions": jnp.array([0])}
+      >>> state, m = jax.jit(algo.update)(state, batch)
+      >>> bool(state.params[0, 1] > state.params[0, 0])
+      True
+    """
+    if not isinstance(config, DPOConfig):
+        raise TypeError(f"`config` must be a DPOConfig, got {type(config).__name__}")
+    tx = base.with_grad_clipping(optimizer, config.max_grad_norm)
+    keep_reference = config.uses_reference and config.ref_source == "initial"
+
+    def init(params):
+        ref = jax.tree.map(jnp.copy, params) if keep_reference else ()
+        return DPOState(params, tx.init(params), jnp.zeros((), jnp.int32), ref)
+
+    # The loss is differentiated shard-locally; gradients and metrics are averaged over
+    # `axis_name` afterwards (shards hold equal numbers of pairs).
+    local = dataclasses.replace(config, axis_name=None)
+
+    def update(state: DPOState, batch):
+        ref = state.ref_params if keep_reference else None
+        grads, metrics = jax.grad(
+            lambda p: dpo_sequence_loss(p, batch, policy_fn, local, ref_params=ref),
+            has_aux=True,
+        )(state.params)
+        grads, metrics = jax.tree.map(lambda x: base.pmean(x, config.axis_name), (grads, metrics))
+        params, opt_state = base.apply_gradients(tx, state.params, state.opt_state, grads)
+        return DPOState(params, opt_state, state.step + 1, state.ref_params), metrics
+
+    return base.Algorithm(init, update)

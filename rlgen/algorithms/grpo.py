@@ -1,0 +1,405 @@
+"""GRPO: Group Relative Policy Optimization (DeepSeekMath, Shao et al. 2024, arXiv 2402.03300).
+
+Critic-free PPO: each prompt gets `G` sampled completions (contiguous rows), each
+completion's reward is normalised within its group, and the clipped surrogate is applied
+with that advantage on every token, plus an optional KL penalty to a reference policy.
+The variants users rely on are options of one kernel:
+
+* `scale_rewards`: "group" (paper), "batch", "none" (Dr.GRPO).
+* `loss_aggregation`: "sequence-mean-token-mean" (paper), "token-mean" (DAPO),
+  "sequence-mean-token-sum-norm" (Dr.GRPO), "sequence-mean-token-sum".
+* `epsilon_high`: clip-higher (DAPO); default `clip_param`. `dual_clip`: dual clipping.
+* `importance_sampling_level`: "token" (GRPO) or "sequence" (GSPO).
+* `kl_estimator`: "k3" (paper), "k2", "k1".
+* `kl_reference`: "batch" (the `ref_log_probs` key turns the penalty on) or "initial"
+  (log-probs of the frozen initial params).
+
+Batch keys: `observations`, `actions` (the policy's `log_prob(actions)` is `[B]` or
+`[B, T]`), `rewards` (`[B]` per completion, or `[B, T]` per step, reduced to the
+discounted return `sum_t gamma^t r_t`), optional `log_probs` (behaviour policy; default:
+the current policy at the start of the update, i.e. on-policy), `ref_log_probs`, `mask`
+(`[B, T]` valid tokens), `truncated` (`[B]`, with `mask_truncated_completions`) and
+`group_size` (a static Python int; default `num_generations`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from rlgen import _checks, ops
+from rlgen.algorithms import base
+
+_REQUIRED = ("observations", "actions", "rewards")
+_OPTIONAL = ("log_probs", "ref_log_probs", "mask", "truncated", "group_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+    """GRPO settings: the reference guide's fields and defaults, plus the variants.
+
+    Guide fields: `num_generations=4` (group size G), `clip_param=0.2` (PPO clip),
+    `beta=0.01` (KL coefficient), `entropy_coeff=0.01` (entropy bonus), `gamma=0.99`
+    (discount of per-step `[B, T]` rewards into each completion's return).
+
+    Extras: `epsilon_high` (clip-higher; None = `clip_param`), `dual_clip`,
+    `scale_rewards`, `advantage_eps`, `loss_aggregation`, `max_completion_length` (the
+    constant of "sequence-mean-token-sum-norm"; None = T), `importance_sampling_level`,
+    `kl_estimator`, `kl_reference`, `num_iterations` (optimiser steps on each batch, the
+    paper's mu), `gradient_accumulation_steps` (micro-batches per optimiser step, exact for
+    every aggregation), `mask_truncated_completions` (drop rows flagged in the batch's
+    `truncated` key from the loss), `max_grad_norm` (None: no clipping) and `axis_name`
+    (data parallelism: statistics, token counts and gradients reduced over this mapped
+    axis).
+    """
+
+    num_generations: int = 4
+    clip_param: float = 0.2
+    beta: float = 0.01
+    entropy_coeff: float = 0.01
+    gamma: float = 0.99
+    epsilon_high: float | None = None
+    dual_clip: float | None = None
+    scale_rewards: str = "group"
+    advantage_eps: float = 1e-4
+    loss_aggregation: str = "sequence-mean-token-mean"
+    max_completion_length: int | None = None
+    importance_sampling_level: str = "token"
+    kl_estimator: str = "k3"
+    kl_reference: str = "batch"
+    num_iterations: int = 1
+    gradient_accumulation_steps: int = 1
+    mask_truncated_completions: bool = False
+    max_grad_norm: float | None = 1.0
+    axis_name: Any = None
+
+    def __post_init__(self):
+        _checks.check_positive_int(self.num_generations, "num_generations")
+        _checks.check_range(self.clip_param, "clip_param", 0.0)
+        _checks.check_range(self.beta, "beta", 0.0)
+        _checks.check_range(self.entropy_coeff, "entropy_coeff", 0.0)
+        _checks.check_range(self.gamma, "gamma", 0.0, 1.0)
+        if self.epsilon_high is not None:
+            _checks.check_range(self.epsilon_high, "epsilon_high", 0.0)
+        if self.dual_clip is not None:
+            _checks.check_range(self.dual_clip, "dual_clip", 1.0, low_open=True)
+        _checks.check_choice(self.scale_rewards, ("group", "batch", "none"), "scale_rewards")
+        _checks.check_range(self.advantage_eps, "advantage_eps", 0.0)
+        ops.aggregation.canonical_mode(self.loss_aggregation)
+        if self.max_completion_length is not None:
+            _checks.check_positive_int(self.max_completion_length, "max_completion_length")
+        _checks.check_choice(
+            self.importance_sampling_level, ("token", "sequence"), "importance_sampling_level"
+        )
+        _checks.check_choice(self.kl_estimator, ops.KL_ESTIMATORS, "kl_estimator")
+        _checks.check_choice(self.kl_reference, ("batch", "initial"), "kl_reference")
+        _checks.check_positive_int(self.num_iterations, "num_iterations")
+        _checks.check_positive_int(
+            self.gradient_accumulation_steps, "gradient_accumulation_steps"
+        )
+        if not isinstance(self.mask_truncated_completions, bool):
+            raise TypeError("`mask_truncated_completions` must be a bool")
+        if self.max_grad_norm is not None:
+            _checks.check_range(self.max_grad_norm, "max_grad_norm", 0.0, low_open=True)
+
+
+class GRPOState(NamedTuple):
+    """GRPO's algorithm state: a pytree of arrays with fixed structure and dtypes."""
+
+    params: Any
+    opt_state: Any
+    step: jax.Array
+    ref_params: Any  # frozen initial params with kl_reference="initial", else ()
+
+
+class _Prepared(NamedTuple):
+    """Per-batch quantities fixed for all iterations and micro-batches of one update."""
+
+    observations: Any
+    actions: Any
+    advantages: jax.Array  # [B, T]
+    old_log_probs: jax.Array  # [B, T]
+    ref_log_probs: jax.Array | None  # [B, T]
+    mask: jax.Array  # [B, T]
+
+
+def _as_tokens(x, batch_size):
+    """`[B]` per-sample values become `[B, 1]` so one code path serves both shapes."""
+    return x[:, None] if x.ndim == 1 else x
+
+
+def _group_size(batch, config):
+    g = batch.get("group_size", config.num_generations)
+    value = _checks.concrete_value(g)
+    if value is None or value != int(value):
+        raise TypeError(
+            "batch['group_size'] must be a static Python int (it fixes the group layout); "
+            "pass it outside `jit` or set `GRPOConfig.num_generations`"
+        )
+    return _checks.check_positive_int(int(value), "group_size")
+
+
+def _sequence_returns(rewards, mask, gamma):
+    """`[B]` completion returns from `[B]` or `[B, T]` rewards."""
+    if rewards.ndim == 1:
+        return rewards
+    _checks.check_shape(rewards, mask.shape, "rewards", "the policy's log-probs [B, T]")
+    return ops.discounted_returns(rewards, gamma, mask=mask)[:, 0]
+
+
+def _prepare(params, ref_params, batch, policy_fn, config) -> tuple[_Prepared, dict]:
+    base.check_batch(batch, _REQUIRED, _OPTIONAL, "GRPO")
+    group_size = _group_size(batch, config)
+    rewards, n_bad = base.check_rewards(batch["rewards"])
+    obs, actions = batch["observations"], batch["actions"]
+    log_probs, _ = base.evaluate_policy(policy_fn, params, obs, actions)
+    batch_size = log_probs.shape[0]
+    lp = _as_tokens(log_probs, batch_size)
+    mask = _checks.as_mask(
+        None if "mask" not in batch else _as_tokens(jnp.asarray(batch["mask"]), batch_size),
+        lp.shape,
+        "mask",
+        "the policy's log_prob(actions)",
+    )
+    if rewards.shape[0] != batch_size:
+        raise ValueError(
+            f"`rewards` must have {batch_size} rows (one per completion, like "
+            f"log_prob(actions) {log_probs.shape}), got shape {rewards.shape}"
+        )
+    returns = _sequence_returns(rewards, mask, config.gamma)
+    finite_returns = jnp.where(jnp.isfinite(returns), returns, 0.0)
+    advantages = ops.group_advantages(
+        finite_returns,
+        group_size,
+        scale=config.scale_rewards,
+        eps=config.advantage_eps,
+        axis_name=config.axis_name,
+    )
+    if config.mask_truncated_completions:
+        if "truncated" not in batch:
+            raise ValueError(
+                "GRPOConfig.mask_truncated_completions=True needs the batch key 'truncated' "
+                "([B] flags of completions cut at the length limit)"
+            )
+        truncated = _checks.as_mask(batch["truncated"], (batch_size,), "truncated", "rewards")
+        mask = mask * (1.0 - truncated)[:, None]
+    elif "truncated" in batch:
+        raise ValueError(
+            "batch key 'truncated' is only used with GRPOConfig.mask_truncated_completions=True"
+        )
+
+    def batch_log_probs(key):
+        x = jnp.asarray(batch[key])
+        _checks.check_float(x, key)
+        _checks.check_shape(x, log_probs.shape, key, "the policy's log_prob(actions)")
+        return jax.lax.stop_gradient(_as_tokens(x, batch_size).astype(lp.dtype))
+
+    old = batch_log_probs("log_probs") if "log_probs" in batch else jax.lax.stop_gradient(lp)
+    if config.kl_reference == "initial":
+        if "ref_log_probs" in batch:
+            raise ValueError(
+                "GRPOConfig.kl_reference='initial' computes reference log-probs from the "
+                "frozen initial params; drop the batch key 'ref_log_probs' or use "
+                "kl_reference='batch'"
+            )
+        ref_lp, _ = base.evaluate_policy(policy_fn, ref_params, obs, actions)
+        ref = jax.lax.stop_gradient(_as_tokens(ref_lp, batch_size))
+    elif "ref_log_probs" in batch:
+        ref = batch_log_probs("ref_log_probs")
+    else:
+        ref = None
+    prepared = _Prepared(
+        obs, actions, jnp.broadcast_to(advantages[:, None], lp.shape), old, ref, mask
+    )
+    stats = {
+        # NaN when a reward was non-finite: reported, and the update is skipped.
+        "mean_reward": base.pmean(jnp.mean(returns), config.axis_name),
+        "group_advantage_std": ops.masked_moments(advantages, axis_name=config.axis_name)[1],
+        "n_bad": base.psum(n_bad, config.axis_name),
+    }
+    return prepared, stats
+
+
+def _loss(params, prepared: _Prepared, policy_fn, config, norm):
+    """GRPO loss of (a micro-batch of) prepared data: this shard's share of the global loss."""
+    log_probs, entropy = base.evaluate_policy(
+        policy_fn, params, prepared.observations, prepared.actions
+    )
+    batch_size = log_probs.shape[0]
+    log_probs = _as_tokens(log_probs, batch_size)
+    entropy = _as_tokens(entropy, batch_size)
+    mask = prepared.mask
+    surrogate = ops.clipped_surrogate_loss(
+        log_probs,
+        prepared.old_log_probs,
+        prepared.advantages,
+        mask,
+        epsilon_low=config.clip_param,
+        epsilon_high=config.epsilon_high,
+        dual_clip=config.dual_clip,
+        level=config.importance_sampling_level,
+    )
+    mode = config.loss_aggregation
+    norm_kw = {"norm": norm} if ops.aggregation.canonical_mode(mode).endswith("-norm") else {}
+
+    def agg(x, m=mode):
+        kw = norm_kw if m == mode else {}
+        return base.global_token_mean(x, mask, m, config.axis_name, **kw)
+
+    policy_loss = agg(surrogate.loss)
+    entropy_term = agg(entropy)
+    loss = policy_loss - config.entropy_coeff * entropy_term
+    if prepared.ref_log_probs is not None:
+        kl = agg(ops.kl_estimate(log_probs, prepared.ref_log_probs, config.kl_estimator))
+        loss = loss + config.beta * kl
+    else:
+        kl = jnp.zeros((), loss.dtype)
+    # KL(old || current) from tokens sampled by the old policy (k3), a diagnostic.
+    current = jax.lax.stop_gradient(log_probs)
+    approx_kl = agg(ops.kl_estimate(prepared.old_log_probs, current), "token-mean")
+    metrics = {
+        "loss": loss,
+        "policy_loss": policy_loss,
+        "kl_penalty": kl,
+        "approx_kl": approx_kl,
+        "entropy": entropy_term,
+        "clip_fraction": agg(surrogate.clipped, "token-mean"),
+    }
+    return loss, metrics
+
+
+def _norm(config, prepared):
+    if not ops.aggregation.canonical_mode(config.loss_aggregation).endswith("-norm"):
+        return None
+    return config.max_completion_length or prepared.mask.shape[1]
+
+
+def grpo_loss(params, batch, policy_fn, config: GRPOConfig = GRPOConfig(), *, ref_params=None):
+    """The GRPO loss of one batch, for users who own their optimiser step.
+
+    Math (per token `t` of completion `i` in group `g`, ratio `r_{i,t}`, advantage
+    `A_i = (R_i - mean_g R) / (std_g R + eps)`):
+    `L = agg_{i,t}( -min(r A_i, clip(r, 1 - eps_low, 1 + eps_high) A_i) + beta KL_{i,t} )
+         - entropy_coeff * agg_{i,t}(H_{i,t})`,
+    with `agg` the configured aggregation and `KL` the configured estimator against the
+    reference (k3 by default, DeepSeekMath eq. 4).
+
+    Args:
+      params: policy parameters (differentiated).
+      batch: dict with the keys in the module doc.
+      policy_fn: `policy_fn(params, observations) -> distrax distribution`.
+      config: a `GRPOConfig`.
+      ref_params: frozen reference params, needed with `kl_reference="initial"`.
+
+    Returns:
+      `(loss, metrics)`: a scalar and the metrics dict (SPEC item 2 names).
+
+    Example:
+      >>> import distrax
+      >>> policy = lambda p, obs: distrax.Categorical(logits=jnp.broadcast_to(p, (4, 2)))
+      >>> batch = {"observations": jnp.zeros(4), "actions": jnp.array([0, 1, 1, 1]),
+      ...          "rewards": jnp.array([1.0, 0.0, 0.0, 0.0])}
+      >>> loss, m = grpo_loss(jnp.zeros(2), batch, policy, GRPOConfig(num_generations=2))
+      >>> float(m["mean_reward"])
+      0.25
+    """
+    if config.kl_reference == "initial" and ref_params is None:
+        raise ValueError("GRPOConfig.kl_reference='initial' needs `ref_params`")
+    prepared, stats = _prepare(params, ref_params, batch, policy_fn, config)
+    loss, metrics = _loss(params, prepared, policy_fn, config, _norm(config, prepared))
+    loss = base.psum(loss, config.axis_name)
+    metrics = {k: base.psum(v, config.axis_name) for k, v in metrics.items()}
+    metrics.update(
+        mean_reward=stats["mean_reward"], group_advantage_std=stats["group_advantage_std"]
+    )
+    return loss, metrics
+
+
+def _split(tree, parts):
+    """Splits every array's leading axis into `parts` micro-batches: `[parts, B/parts, ...]`."""
+
+    def split(x):
+        if x.shape[0] % parts:
+            raise ValueError(
+                f"the batch of {x.shape[0]} rows is not divisible by "
+                f"gradient_accumulation_steps={parts}"
+            )
+        return x.reshape(parts, x.shape[0] // parts, *x.shape[1:])
+
+    return jax.tree.map(split, tree)
+
+
+def grpo(policy_fn, optimizer: optax.GradientTransformation, config: GRPOConfig = GRPOConfig()):
+    """GRPO as an `Algorithm(init, update)` pair (DeepSeekMath, arXiv 2402.03300).
+
+    `init(params)` captures the optimiser state (and, with `kl_reference="initial"`, a
+    frozen copy of `params` as the reference). `update(state, batch)` computes group
+    advantages once, then takes `num_iterations` optimiser steps on the batch, each
+    accumulating `gradient_accumulation_steps` micro-batches exactly, and returns the
+    metrics averaged over iterations.
+
+    Example:
+      >>> import distrax, optax
+      >>> policy = lambda p, obs: distrax.Categorical(logits=jnp.broadcast_to(p, (4, 2)))
+      >>> algo = grpo(policy, optax.adam(0.1), GRPOConfig(num_generations=2))
+      >>> state = algo.init(jnp.zeros(2))
+      >>> batch = {"observations": jnp.zeros(4), "actions": jnp.array([0, 1, 0, 1]),
+      ...          "rewards": jnp.array([1.0, 0.0, 1.0, 0.0])}
+      >>> state, metrics = jax.jit(algo.update)(state, batch)
+      >>> bool(state.params[0] > state.params[1])
+      True
+    """
+    if not isinstance(config, GRPOConfig):
+        raise TypeError(f"`config` must be a GRPOConfig, got {type(config).__name__}")
+    tx = base.with_grad_clipping(optimizer, config.max_grad_norm)
+
+    def init(params):
+        ref = jax.tree.map(jnp.copy, params) if config.kl_reference == "initial" else ()
+        return GRPOState(params, tx.init(params), jnp.zeros((), jnp.int32), ref)
+
+    def update(state: GRPOState, batch):
+        prepared, stats = _prepare(state.params, state.ref_params, batch, policy_fn, config)
+        norm = _norm(config, prepared)
+        parts = config.gradient_accumulation_steps
+
+        def micro_grads(params, mb):
+            (_, metrics), grads = jax.value_and_grad(_loss, has_aux=True)(
+                params, mb, policy_fn, config, norm
+            )
+            return grads, metrics
+
+        def full_grads(params):
+            if parts == 1:
+                grads, metrics = micro_grads(params, prepared)
+            else:
+                micro = _split(prepared, parts)
+                first = jax.tree.map(lambda x: x[0], micro)
+                shapes = jax.eval_shape(micro_grads, params, first)
+                zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+                add = lambda acc, mb: (jax.tree.map(jnp.add, acc, micro_grads(params, mb)), None)  # noqa: E731
+                (grads, metrics), _ = jax.lax.scan(add, zeros, micro)
+            reduce = lambda tree: jax.tree.map(lambda x: base.psum(x, config.axis_name), tree)  # noqa: E731
+            return reduce(grads), reduce(metrics)
+
+        def iteration(carry, _):
+            params, opt_state = carry
+            grads, metrics = full_grads(params)
+            params, opt_state = base.apply_gradients(
+                tx, params, opt_state, grads, skip=stats["n_bad"] > 0
+            )
+            return (params, opt_state), metrics
+
+        (params, opt_state), metrics = jax.lax.scan(
+            iteration, (state.params, state.opt_state), None, length=config.num_iterations
+        )
+        metrics = {k: jnp.mean(v, axis=0) for k, v in metrics.items()}
+        metrics.update(
+            mean_reward=stats["mean_reward"], group_advantage_std=stats["group_advantage_std"]
+        )
+        return GRPOState(params, opt_state, state.step + 1, state.ref_params), metrics
+
+    return base.Algorithm(init, update)
