@@ -24,6 +24,13 @@ def _psum(x, axis_name):
     return x if axis_name is None else jax.lax.psum(x, axis_name)
 
 
+def _safe_sqrt(x):
+    # sqrt whose gradient at 0 is 0 rather than inf (an inf there turns into NaN
+    # gradients even where the result is discarded by a `where`).
+    pos = x > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, x, 1.0)), 0.0)
+
+
 def masked_moments(x, mask=None, *, ddof=0, axis_name=None):
     """Mean and standard deviation of the entries of `x` where `mask` is 1.
 
@@ -54,7 +61,7 @@ def masked_moments(x, mask=None, *, ddof=0, axis_name=None):
     sq = _psum(jnp.sum(m * jnp.square(x - mean)), axis_name)
     dof = count - ddof
     var = jnp.where(dof > 0, sq / jnp.where(dof > 0, dof, 1.0), 0.0)
-    return mean, jnp.sqrt(var)
+    return mean, _safe_sqrt(var)
 
 
 def normalize_advantages(advantages, eps=1e-8, *, mask=None, ddof=0, axis_name=None):
@@ -88,14 +95,14 @@ def normalize_advantages(advantages, eps=1e-8, *, mask=None, ddof=0, axis_name=N
     m = _checks.as_mask(mask, advantages.shape, "mask", "advantages")
     mean, std = masked_moments(advantages, m, ddof=ddof, axis_name=axis_name)
     a = advantages.astype(mean.dtype)
-    out = (a - mean) / (std + eps)
     # Equal valid entries give exactly 0: their rounding residue `a - mean` is not divided
-    # by `eps`, and a zero spread with `eps = 0` gives no NaN.
+    # by `eps`, and a zero spread with `eps = 0` gives no NaN (nor a NaN gradient).
     hi = jnp.max(jnp.where(m > 0, a, -jnp.inf))
     lo = jnp.min(jnp.where(m > 0, a, jnp.inf))
     if axis_name is not None:
         hi, lo = jax.lax.pmax(hi, axis_name), jax.lax.pmin(lo, axis_name)
-    out = jnp.where((hi > lo) & (std > 0), out, 0.0)
+    spread = (hi > lo) & (std > 0)
+    out = jnp.where(spread, (a - mean) / jnp.where(spread, std + eps, 1.0), 0.0)
     return jnp.where(m > 0, out, 0.0)
 
 
@@ -153,11 +160,12 @@ def group_advantages(rewards, group_size, *, scale="group", eps=1e-4, ddof=1, ax
     centred = jnp.where(constant, 0.0, r - mean)
     if scale == "group":
         dof = max(group_size - ddof, 1)
-        std = jnp.sqrt(jnp.sum(jnp.square(r - mean), axis=1, keepdims=True) / dof)
-        centred = centred / (std + eps)
+        std = _safe_sqrt(jnp.sum(jnp.square(r - mean), axis=1, keepdims=True) / dof)
+        # A constant group is divided by 1, not by `std + eps` (which is 0 when eps = 0).
+        centred = centred / jnp.where(constant, 1.0, std + eps)
     elif scale == "batch":
         _, std = masked_moments(r, ddof=ddof, axis_name=axis_name)
-        centred = centred / (std + eps)
+        centred = centred / jnp.where(constant, 1.0, std + eps)
     return centred.reshape(-1)
 
 
@@ -181,11 +189,11 @@ def rloo_advantages(rewards, group_size):
     Reference: Kool et al. 2019, Buy 4 REINFORCE Samples, Get a Baseline for Free!;
     Ahmadian et al. 2024, Back to Basics (arXiv 2402.14740).
     """
-    if isinstance(group_size, int) and not isinstance(group_size, bool) and group_size < 2:
+    r = _grouped(rewards, group_size)
+    if group_size < 2:  # an int by now (numpy ints included)
         raise ValueError(
             f"`group_size` must be >= 2 for a leave-one-out baseline, got {group_size}"
         )
-    r = _grouped(rewards, group_size)
     total = jnp.sum(r, axis=1, keepdims=True)
     constant = jnp.max(r, axis=1, keepdims=True) == jnp.min(r, axis=1, keepdims=True)
     adv = jnp.where(constant, 0.0, r - (total - r) / (group_size - 1))

@@ -17,6 +17,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rlgen import _checks
 
@@ -26,19 +27,23 @@ def _check_logits_actions(logits, actions):
     if logits.ndim < 1:
         raise ValueError(f"`logits` must have a vocabulary axis last, got shape {logits.shape}")
     _checks.check_float(logits, "logits")
-    actions = _check_actions(actions, logits.shape[:-1], logits.shape[-1], "logits")
+    actions = _check_actions(
+        actions, logits.shape[:-1], logits.shape[-1], "logits", "the last axis of `logits`"
+    )
     return logits, actions
 
 
-def _check_actions(actions, shape, vocab, like):
+def _check_actions(actions, shape, vocab, like, vocab_from):
     actions = _checks.as_array(actions, "actions")
     _checks.check_integer(actions, "actions")
     _checks.check_shape(actions, shape, "actions", f"{like} without its last axis")
     if not isinstance(actions, jax.core.Tracer) and actions.size:
-        lo, hi = int(jnp.min(actions)), int(jnp.max(actions))
+        # On the host: jnp.min of a concrete array closed over inside `jit` would be traced.
+        host = np.asarray(actions)
+        lo, hi = int(host.min()), int(host.max())
         if lo < 0 or hi >= vocab:
             raise ValueError(
-                f"`actions` must be token ids in [0, {vocab}) (the last axis of `logits`), "
+                f"`actions` must be token ids in [0, {vocab}) ({vocab_from}), "
                 f"got values in [{lo}, {hi}]"
             )
     return actions
@@ -53,10 +58,28 @@ def _chosen_log_prob(x, a):
 
 def _entropy(x):
     """Entropy of softmax(x) along the last axis, in float32."""
-    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    log_z = jax.nn.logsumexp(x, axis=-1, keepdims=True)
-    p = jnp.exp(x - log_z)
-    return log_z[..., 0] - jnp.sum(p * x, axis=-1)
+    return _fused_entropy(x.astype(jnp.promote_types(x.dtype, jnp.float32)))
+
+
+@jax.custom_jvp
+def _fused_entropy(x):
+    # H = -sum_v p_v t_v with t = x - logsumexp(x): every term is >= 0 and t is formed
+    # before a large common offset of the logits can cancel.
+    t = x - jax.nn.logsumexp(x, axis=-1, keepdims=True)
+    return -jnp.sum(jnp.exp(t) * t, axis=-1)
+
+
+@_fused_entropy.defjvp
+def _fused_entropy_jvp(primals, tangents):
+    # dH = -sum_v p_v (t_v - E_p[t]) dx_v. Written this way (the coefficient rebuilt from x
+    # and two [...] reductions), XLA fuses it into its consumer in either direction, where
+    # autodiff of the forward keeps [..., V] intermediates (measured on CPU; no constant
+    # [..., V] operands such as a clamp, which the CPU fusion materialises).
+    (x,), (dx,) = primals, tangents
+    t = x - jax.nn.logsumexp(x, axis=-1, keepdims=True)
+    p = jnp.exp(t)
+    mean_t = jnp.sum(p * t, axis=-1, keepdims=True)
+    return _fused_entropy(x), -jnp.sum(p * (t - mean_t) * dx, axis=-1)
 
 
 def token_log_probs(logits, actions):
@@ -153,7 +176,7 @@ def token_log_probs_from_hidden(hidden, unembedding, actions, *, bias=None, chun
         bias = _checks.as_array(bias, "bias")
         _checks.check_float(bias, "bias")
         _checks.check_shape(bias, (vocab,), "bias", "unembedding.shape[1]")
-    actions = _check_actions(actions, hidden.shape[:-1], vocab, "hidden")
+    actions = _check_actions(actions, hidden.shape[:-1], vocab, "hidden", "`unembedding.shape[1]`")
     chunk_size = _checks.check_positive_int(chunk_size, "chunk_size")
 
     lead, width = hidden.shape[:-1], hidden.shape[-1]
@@ -180,8 +203,11 @@ def token_log_probs_from_hidden(hidden, unembedding, actions, *, bias=None, chun
 def token_entropy(logits):
     """Entropy of the next-token distribution at each position: `-sum_v p_v log p_v`.
 
-    Math: `H = logsumexp(z) - sum_v softmax(z)_v z_v`, computed in float32 in fused form
-    under `jax.checkpoint` (no `[..., V]` temporaries in either pass).
+    Math: `H = -sum_v p_v t_v` with `t = z - logsumexp(z)` (non-negative terms, accurate
+    for logits of any offset), computed in float32 in fused form under `jax.checkpoint`,
+    with the derivative `dH/dz_v = -p_v (z_v - E_p[z])` as a custom JVP, so neither pass
+    holds `[..., V]` temporaries. Logits must be finite: filter a vocabulary with a large
+    negative number, not `-inf` (which gives NaN).
 
     Args:
       logits: `[..., V]` floating logits.

@@ -111,7 +111,9 @@ def clipped_surrogate_loss(
     (`c > 1`), negative-advantage elements are further bounded:
     `loss = min(loss, -c A)` where `A < 0`. The gradient is zero where clipping binds
     (`r > 1 + epsilon_high, A > 0`; `r < 1 - epsilon_low, A < 0`; dual clip
-    `r > c, A < 0`) and equals the plain policy gradient `-r A grad log pi` elsewhere.
+    `r > c, A < 0`) and equals the plain policy gradient `-r A grad log pi` elsewhere,
+    except where `|l| > max_log_ratio`: there the clamp holds `r` constant, so the gradient
+    is zero too (a numerical safeguard, not counted in `clipped`).
 
     Args:
       log_probs: current log-probs `[B, T]` (any shape for token level).

@@ -6,7 +6,6 @@ of V; the verifiable reward is the fraction of positions t whose token equals
 per-position logits, so the whole run compiles to one `lax.scan`.
 """
 
-import distrax
 import jax
 import jax.numpy as jnp
 import optax
