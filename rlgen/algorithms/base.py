@@ -45,13 +45,23 @@ class TokenCategorical(distrax.Categorical):
     """A categorical over `[..., V]` logits whose `log_prob` never forms a log-softmax.
 
     `log_prob(actions)` is `rlgen.ops.token_log_probs_memory_light` and `entropy()` is the
-    fused `rlgen.ops.token_entropy`; everything else is `distrax.Categorical`.
+    fused `rlgen.ops.token_entropy`, both in float32 for bfloat16 logits; everything else
+    is `distrax.Categorical`. Unlike `distrax.Categorical`, the constructor keeps the raw
+    logits (`.logits` is not normalised): distrax would store `log_softmax(logits)`, a
+    full `[..., V]` array computed in the logits' dtype (bfloat16 rounding of every
+    log-prob).
 
     Example:
       >>> d = TokenCategorical(jnp.zeros((2, 3, 4)))
       >>> d.log_prob(jnp.zeros((2, 3), jnp.int32)).shape, d.entropy()[0, 0].round(4)
       ((2, 3), Array(1.3863, dtype=float32))
     """
+
+    def __init__(self, logits, dtype=int):
+        distrax.Distribution.__init__(self)
+        self._logits = jnp.asarray(logits)  # raw: every method normalises them itself
+        self._probs = None
+        self._dtype = dtype
 
     def log_prob(self, value):
         return ops.token_log_probs_memory_light(self.logits, jnp.asarray(value).astype(jnp.int32))
@@ -147,16 +157,63 @@ def pmean(x, axis_name):
     return x if axis_name is None else jax.lax.pmean(x, axis_name)
 
 
-def global_token_mean(values, mask, mode, axis_name, *, norm=None):
+def shard_local(tree, axis_name):
+    """`tree` (replicated params) marked as varying over `axis_name`, for differentiation.
+
+    The algorithms differentiate each shard's share of the loss and `psum` the gradients
+    themselves. Under `shard_map` with its replication check on (the default), the
+    gradient with respect to a *replicated* input comes out already summed over the axis
+    (the transpose of JAX's implicit `pvary` is a `psum`), and the explicit `psum` would
+    count it once per device. Differentiating with respect to a varying copy gives this
+    shard's own gradient under every setting (check on or off, `pmap`, older JAX).
+    """
+    if axis_name is None:
+        return tree
+    if hasattr(jax.lax, "pcast"):
+        cast = lambda x: jax.lax.pcast(x, axis_name, to="varying")  # noqa: E731
+    elif hasattr(jax.lax, "pvary"):
+        cast = lambda x: jax.lax.pvary(x, axis_name)  # noqa: E731
+    else:  # no replication typing: gradients are per shard already
+        return tree
+
+    def one(x):
+        try:
+            return cast(x)
+        except ValueError:  # already varying over `axis_name`
+            return x
+
+    return jax.tree.map(one, tree)
+
+
+def global_token_mean(values, mask, mode, axis_name, *, norm=None, count=None):
     """This shard's share of the batch-wide aggregate: `total_local / count_global`.
 
     Summing it over shards (or micro-batches) gives `rlgen.ops.aggregate` of the whole
     batch, and so does summing its gradients, which is what keeps data parallelism and
-    gradient accumulation exact.
+    gradient accumulation exact. `count_global` is this mask's count summed over
+    `axis_name`; a micro-batch must pass `count` (the whole batch's, from
+    `global_count`), since its own mask sees only part of the batch.
     """
-    total, count = ops.aggregate_parts(values, mask, mode, norm=norm)
-    count = jax.lax.stop_gradient(psum(count, axis_name))
+    total, local_count = ops.aggregate_parts(values, mask, mode, norm=norm)
+    if count is None:
+        count = psum(local_count, axis_name)
+    count = jax.lax.stop_gradient(count)
     return jnp.where(count > 0, total / jnp.where(count > 0, count, 1.0), 0.0)
+
+
+def global_count(mask, mode, axis_name):
+    """The denominator of `mode` for the whole batch `mask` (global over `axis_name`)."""
+    _, count = ops.aggregate_parts(jnp.zeros(mask.shape, jnp.float32), mask, mode)
+    return jax.lax.stop_gradient(psum(count, axis_name))
+
+
+def check_aggregation(mode, name="loss_aggregation"):
+    """Validates an aggregation mode (`rlgen.ops.aggregate`), naming the config field."""
+    try:
+        return ops.aggregation.canonical_mode(mode)
+    except ValueError:
+        listed = ", ".join(repr(m) for m in ops.AGGREGATION_MODES)
+        raise ValueError(f"unknown `{name}` {mode!r}; expected one of {listed}") from None
 
 
 def check_rewards(rewards, name="rewards"):

@@ -315,7 +315,7 @@ def dpo(policy_fn, optimizer: optax.GradientTransformation, config: DPOConfig = 
         grads, metrics = jax.grad(
             lambda p: dpo_sequence_loss(p, batch, policy_fn, local, ref_params=ref),
             has_aux=True,
-        )(state.params)
+        )(base.shard_local(state.params, config.axis_name))
         grads, metrics = jax.tree.map(lambda x: base.pmean(x, config.axis_name), (grads, metrics))
         params, opt_state = base.apply_gradients(tx, state.params, state.opt_state, grads)
         return DPOState(params, opt_state, state.step + 1, state.ref_params), metrics

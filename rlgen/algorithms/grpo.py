@@ -89,7 +89,7 @@ class GRPOConfig:
             _checks.check_range(self.dual_clip, "dual_clip", 1.0, low_open=True)
         _checks.check_choice(self.scale_rewards, ("group", "batch", "none"), "scale_rewards")
         _checks.check_range(self.advantage_eps, "advantage_eps", 0.0)
-        ops.aggregation.canonical_mode(self.loss_aggregation)
+        base.check_aggregation(self.loss_aggregation)
         if self.max_completion_length is not None:
             _checks.check_positive_int(self.max_completion_length, "max_completion_length")
         _checks.check_choice(
@@ -224,8 +224,12 @@ def _prepare(params, ref_params, batch, policy_fn, config) -> tuple[_Prepared, d
     return prepared, stats
 
 
-def _loss(params, prepared: _Prepared, policy_fn, config, norm):
-    """GRPO loss of (a micro-batch of) prepared data: this shard's share of the global loss."""
+def _loss(params, prepared: _Prepared, policy_fn, config, norm, counts):
+    """GRPO loss of (a micro-batch of) prepared data: this shard's share of the global loss.
+
+    `counts` maps each aggregation mode to its denominator over the whole batch (all
+    micro-batches and shards, `_counts`), so the shares sum to the full-batch loss.
+    """
     log_probs, entropy = base.evaluate_policy(
         policy_fn, params, prepared.observations, prepared.actions
     )
@@ -248,7 +252,7 @@ def _loss(params, prepared: _Prepared, policy_fn, config, norm):
 
     def agg(x, m=mode):
         kw = norm_kw if m == mode else {}
-        return base.global_token_mean(x, mask, m, config.axis_name, **kw)
+        return base.global_token_mean(x, mask, m, config.axis_name, count=counts[m], **kw)
 
     policy_loss = agg(surrogate.loss)
     entropy_term = agg(entropy)
@@ -270,6 +274,12 @@ def _loss(params, prepared: _Prepared, policy_fn, config, norm):
         "clip_fraction": agg(surrogate.clipped, "token-mean"),
     }
     return loss, metrics
+
+
+def _counts(config, prepared):
+    """Denominators of the aggregations used by `_loss`, over the whole batch."""
+    modes = {config.loss_aggregation, "token-mean"}
+    return {m: base.global_count(prepared.mask, m, config.axis_name) for m in modes}
 
 
 def _norm(config, prepared):
@@ -310,7 +320,9 @@ def grpo_loss(params, batch, policy_fn, config: GRPOConfig = GRPOConfig(), *, re
     if config.kl_reference == "initial" and ref_params is None:
         raise ValueError("GRPOConfig.kl_reference='initial' needs `ref_params`")
     prepared, stats = _prepare(params, ref_params, batch, policy_fn, config)
-    loss, metrics = _loss(params, prepared, policy_fn, config, _norm(config, prepared))
+    loss, metrics = _loss(
+        params, prepared, policy_fn, config, _norm(config, prepared), _counts(config, prepared)
+    )
     loss = base.psum(loss, config.axis_name)
     metrics = {k: base.psum(v, config.axis_name) for k, v in metrics.items()}
     metrics.update(
@@ -364,11 +376,12 @@ def grpo(policy_fn, optimizer: optax.GradientTransformation, config: GRPOConfig 
     def update(state: GRPOState, batch):
         prepared, stats = _prepare(state.params, state.ref_params, batch, policy_fn, config)
         norm = _norm(config, prepared)
+        counts = _counts(config, prepared)  # whole-batch denominators: exact accumulation
         parts = config.gradient_accumulation_steps
 
         def micro_grads(params, mb):
             (_, metrics), grads = jax.value_and_grad(_loss, has_aux=True)(
-                params, mb, policy_fn, config, norm
+                base.shard_local(params, config.axis_name), mb, policy_fn, config, norm, counts
             )
             return grads, metrics
 
@@ -377,11 +390,13 @@ def grpo(policy_fn, optimizer: optax.GradientTransformation, config: GRPOConfig 
                 grads, metrics = micro_grads(params, prepared)
             else:
                 micro = _split(prepared, parts)
-                first = jax.tree.map(lambda x: x[0], micro)
-                shapes = jax.eval_shape(micro_grads, params, first)
-                zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+                # The first micro-batch starts the sum (not zeros): under shard_map its
+                # gradients and metrics vary over the device axis, and a scan carry must
+                # keep that type.
+                first = micro_grads(params, jax.tree.map(lambda x: x[0], micro))
+                rest = jax.tree.map(lambda x: x[1:], micro)
                 add = lambda acc, mb: (jax.tree.map(jnp.add, acc, micro_grads(params, mb)), None)  # noqa: E731
-                (grads, metrics), _ = jax.lax.scan(add, zeros, micro)
+                (grads, metrics), _ = jax.lax.scan(add, first, rest)
             reduce = lambda tree: jax.tree.map(lambda x: base.psum(x, config.axis_name), tree)  # noqa: E731
             return reduce(grads), reduce(metrics)
 

@@ -56,7 +56,7 @@ class REINFORCEConfig:
         _checks.check_positive_int(self.num_generations, "num_generations")
         if self.baseline == "rloo" and self.num_generations < 2:
             raise ValueError("baseline='rloo' needs `num_generations` >= 2")
-        ops.aggregation.canonical_mode(self.loss_aggregation)
+        base.check_aggregation(self.loss_aggregation)
         if self.max_grad_norm is not None:
             _checks.check_range(self.max_grad_norm, "max_grad_norm", 0.0, low_open=True)
 
@@ -194,7 +194,7 @@ def reinforce(policy_fn, optimizer: optax.GradientTransformation, config=REINFOR
 
     def update(state: REINFORCEState, batch):
         grads, (metrics, n_bad) = jax.grad(_loss, has_aux=True)(
-            state.params, batch, policy_fn, config
+            base.shard_local(state.params, config.axis_name), batch, policy_fn, config
         )
         grads = jax.tree.map(lambda g: base.psum(g, config.axis_name), grads)
         metrics = _reduce_shares(metrics, config.axis_name)

@@ -1,0 +1,229 @@
+"""What every algorithm shares (`rlgen.algorithms.base`): the policy protocol,
+`TokenCategorical`, optimiser steps, batch and reward checks, reward placement and the
+data-parallel helpers."""
+
+import distrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from rlgen import ops
+from rlgen.algorithms import base
+from rlgen.algorithms.base import TokenCategorical, evaluate_policy
+
+RNG = np.random.default_rng(3)
+
+
+# --------------------------------------------------------------------- policy protocol
+
+
+def test_evaluate_policy_says_what_is_missing():
+    params, obs, actions = jnp.zeros((3, 4)), jnp.arange(3), jnp.zeros(3, jnp.int32)
+    with pytest.raises(
+        TypeError,
+        match=r"distrax distribution \(with `log_prob` and "
+        r"`entropy`\); got ArrayImpl.*TokenCategorical",
+    ):
+        evaluate_policy(lambda p, o: p[o], params, obs, actions)
+
+    class OnlyLogProb:
+        def log_prob(self, a):
+            return jnp.zeros(3)
+
+    with pytest.raises(TypeError, match="entropy.*got OnlyLogProb"):
+        evaluate_policy(lambda p, o: OnlyLogProb(), params, obs, actions)
+    with pytest.raises(TypeError, match=r"\(distribution, values\).*got Categorical"):
+        evaluate_policy(
+            lambda p, o: distrax.Categorical(logits=p[o]), params, obs, actions, with_values=True
+        )
+
+
+def test_evaluate_policy_entropy_must_match_log_probs():
+    class Mismatched:
+        def log_prob(self, a):
+            return jnp.zeros((3, 2))
+
+        def entropy(self):
+            return jnp.zeros(3)
+
+    with pytest.raises(ValueError, match=r"entropy\(\) has shape \(3,\).*\(3, 2\)"):
+        evaluate_policy(lambda p, o: Mismatched(), None, None, None)
+
+
+def test_evaluate_policy_returns_float32_from_bfloat16():
+    logits = jnp.asarray(RNG.normal(size=(3, 4, 5)), jnp.bfloat16)
+    actions = jnp.asarray(RNG.integers(0, 5, (3, 4)))
+    lp, ent = evaluate_policy(lambda p, o: TokenCategorical(p), logits, None, actions)
+    assert lp.dtype == ent.dtype == jnp.float32
+    assert lp.shape == ent.shape == (3, 4)
+    values = jnp.ones((3, 4), jnp.bfloat16)
+    lp, ent, v = evaluate_policy(
+        lambda p, o: (TokenCategorical(p), values), logits, None, actions, with_values=True
+    )
+    assert v.dtype == jnp.float32 and v.shape == (3, 4)
+    # Computed in float32 from the bfloat16 logits: no bfloat16 log-softmax in between.
+    upcast = distrax.Categorical(logits=logits.astype(jnp.float32))
+    np.testing.assert_allclose(lp, upcast.log_prob(actions), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ent, upcast.entropy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_token_categorical_matches_distrax_categorical(scale):
+    logits = jnp.asarray(scale * RNG.normal(size=(2, 3, 7)), jnp.float32)
+    actions = jnp.asarray(RNG.integers(0, 7, (2, 3)))
+    ours, theirs = TokenCategorical(logits), distrax.Categorical(logits=logits)
+    np.testing.assert_allclose(
+        ours.log_prob(actions), theirs.log_prob(actions), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(ours.entropy(), theirs.entropy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(ours.mode(), theirs.mode())
+    np.testing.assert_allclose(ours.prob(actions), theirs.prob(actions), rtol=1e-5, atol=1e-7)
+    other = distrax.Categorical(logits=jnp.zeros((2, 3, 7)))
+    np.testing.assert_allclose(
+        ours.kl_divergence(other), theirs.kl_divergence(other), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_array_equal(ours.logits, logits)  # raw logits, kept as given
+    assert isinstance(ours, distrax.Distribution)
+    # Same gradients too (what training uses).
+    grad = lambda d: jax.grad(lambda z: jnp.sum(d(z).log_prob(actions) + d(z).entropy()))(  # noqa: E731
+        logits
+    )
+    np.testing.assert_allclose(
+        grad(TokenCategorical), grad(lambda z: distrax.Categorical(logits=z)), rtol=1e-4, atol=1e-5
+    )
+
+
+# ---------------------------------------------------------------------- optimiser steps
+
+
+def test_with_grad_clipping_clips_the_global_norm():
+    tx = optax.sgd(1.0)
+    assert base.with_grad_clipping(tx, None) is tx
+    clipped = base.with_grad_clipping(tx, 1.0)
+    params = {"a": jnp.zeros(3), "b": jnp.zeros(2)}
+    big = {"a": jnp.array([3.0, 4.0, 0.0]), "b": jnp.array([0.0, 12.0])}  # norm 13
+    updates, _ = clipped.update(big, clipped.init(params), params)
+    norm = jnp.sqrt(sum(jnp.sum(u**2) for u in jax.tree.leaves(updates)))
+    np.testing.assert_allclose(norm, 1.0, rtol=1e-6)
+    np.testing.assert_allclose(updates["b"], -big["b"] / 13.0, rtol=1e-6)
+    small = jax.tree.map(lambda g: g / 100.0, big)  # norm 0.13: untouched
+    updates, _ = clipped.update(small, clipped.init(params), params)
+    np.testing.assert_allclose(updates["a"], -small["a"], rtol=1e-6)
+
+
+def test_apply_gradients_skip_leaves_state_unchanged():
+    tx = optax.adam(0.1)
+    params = {"w": jnp.asarray(RNG.normal(size=3), jnp.float32)}
+    opt_state = tx.init(params)
+    grads = {"w": jnp.array([1.0, -2.0, 0.5])}
+    kept = base.apply_gradients(tx, params, opt_state, grads, skip=jnp.array(True))
+    for new, old in zip(jax.tree.leaves(kept), jax.tree.leaves((params, opt_state)), strict=True):
+        np.testing.assert_array_equal(new, old)
+    stepped = base.apply_gradients(tx, params, opt_state, grads, skip=jnp.array(False))
+    plain = base.apply_gradients(tx, params, opt_state, grads)
+    for a, b in zip(jax.tree.leaves(stepped), jax.tree.leaves(plain), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(plain[0]["w"], params["w"])
+    # A traced skip flag under jit, as the algorithms use it.
+    step = jax.jit(lambda skip: base.apply_gradients(tx, params, opt_state, grads, skip=skip))
+    np.testing.assert_array_equal(step(True)[0]["w"], params["w"])
+    np.testing.assert_allclose(step(False)[0]["w"], plain[0]["w"], rtol=1e-6)
+
+
+def test_apply_gradients_keeps_bfloat16_params():
+    tx = optax.sgd(0.5)
+    params = jnp.ones(4, jnp.bfloat16)
+    new, _ = base.apply_gradients(tx, params, tx.init(params), jnp.ones(4, jnp.float32))
+    assert new.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(new, np.float32), 0.5)
+
+
+# ------------------------------------------------------------------------------ checks
+
+
+def test_check_batch_messages():
+    required, optional = ("observations", "rewards"), ("mask",)
+    base.check_batch({"observations": 0, "rewards": 0, "mask": 0}, required, optional, "X")
+    with pytest.raises(
+        ValueError,
+        match=r"X batch is missing key\(s\) \['rewards'\]; required "
+        r"keys are \['observations', 'rewards'\], optional "
+        r"keys \['mask'\]; got \['observations'\]",
+    ):
+        base.check_batch({"observations": 0}, required, optional, "X")
+    with pytest.raises(ValueError, match=r"X batch has unknown key\(s\) \['reward'\]"):
+        base.check_batch({"observations": 0, "rewards": 0, "reward": 0}, required, optional, "X")
+    with pytest.raises(TypeError, match="X batch must be a dict.*tuple"):
+        base.check_batch((1, 2), required, optional, "X")
+
+
+def test_check_rewards():
+    rewards, n_bad = base.check_rewards(jnp.array([1.0, 2.0]))
+    assert int(n_bad) == 0 and rewards.shape == (2,)
+    with pytest.raises(ValueError, match="`rewards` holds 2 non-finite"):
+        base.check_rewards(jnp.array([np.nan, 1.0, -np.inf]))
+    with pytest.raises(TypeError, match="`scores` must have a floating dtype"):
+        base.check_rewards(jnp.array([1, 2]), name="scores")
+    with pytest.raises(TypeError, match="`rewards` is required"):
+        base.check_rewards(None)
+    counted = jax.jit(lambda r: base.check_rewards(r)[1])(jnp.array([1.0, 2.0]))
+    assert int(counted) == 0
+
+
+def np_last_step(rewards, mask):
+    out = np.zeros(mask.shape)
+    for i in range(mask.shape[0]):
+        valid = np.flatnonzero(mask[i])
+        if valid.size:
+            out[i, valid[-1]] = rewards[i]
+    return out
+
+
+def test_sequence_rewards_to_steps_places_rewards_on_the_last_valid_step():
+    mask = np.array(
+        [
+            [1, 1, 1, 0, 0],
+            [1, 1, 1, 1, 1],
+            [1, 0, 0, 0, 0],
+            [0, 0, 0, 0, 0],  # empty row: no reward anywhere
+            [0, 1, 0, 1, 0],
+        ],  # holes: the last 1 counts
+        np.float32,
+    )
+    rewards = RNG.normal(size=5).astype(np.float32)
+    out = base.sequence_rewards_to_steps(jnp.asarray(rewards), jnp.asarray(mask))
+    np.testing.assert_allclose(out, np_last_step(rewards, mask), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(out).sum(1), rewards * mask.any(1), rtol=1e-6)
+
+
+# ------------------------------------------------------------- data-parallel helpers
+
+
+def test_reductions_without_an_axis_are_the_local_values():
+    x = jnp.arange(3.0)
+    assert base.psum(x, None) is x and base.pmean(x, None) is x
+    tree = {"w": x}
+    assert base.shard_local(tree, None) is tree
+
+
+@pytest.mark.parametrize("mode", ops.AGGREGATION_MODES)
+def test_global_token_mean_is_the_aggregate_and_shares_sum_to_it(mode):
+    values = jnp.asarray(RNG.normal(size=(4, 3)), jnp.float32)
+    mask = jnp.array([[1, 1, 1], [1, 0, 0], [0, 0, 0], [1, 1, 0]], jnp.float32)
+    whole = base.global_token_mean(values, mask, mode, None)
+    np.testing.assert_allclose(whole, ops.aggregate(values, mask, mode), rtol=1e-6)
+    # Micro-batch shares with the whole batch's count add up to the whole-batch value.
+    count = base.global_count(mask, mode, None)
+    shares = [
+        base.global_token_mean(values[s], mask[s], mode, None, count=count)
+        for s in (slice(0, 2), slice(2, 4))
+    ]
+    np.testing.assert_allclose(sum(shares), whole, rtol=1e-6)
+
+
+def test_check_aggregation_names_the_field():
+    assert base.check_aggregation("seq-mean-token-mean") == "sequence-mean-token-mean"
+    with pytest.raises(ValueError, match="unknown `loss_aggregation` 'mean'.*'token-mean'"):
+        base.check_aggregation("mean")
