@@ -147,6 +147,23 @@ def check_batch(batch: Batch, required, optional, algorithm: str) -> None:
         )
 
 
+def static_group_size(batch: Batch, default: int) -> int:
+    """The group size from `batch["group_size"]` (a static int) or `default`.
+
+    Groups are contiguous rows (`rlgen.ops.group_advantages`), so the size fixes array
+    shapes: a traced value (passed through `jit`) is a TypeError.
+    """
+    g = batch.get("group_size", default)
+    value = None if isinstance(g, bool) else _checks.concrete_value(g)
+    if value is None or value != int(value):
+        raise TypeError(
+            "batch['group_size'] must be a static Python int (it fixes the group layout); "
+            f"got {type(g).__name__}; pass it outside `jit` or set the config's "
+            "`num_generations`"
+        )
+    return _checks.check_positive_int(int(value), "group_size")
+
+
 def psum(x, axis_name):
     """`lax.psum` over `axis_name`, or `x` itself without one."""
     return x if axis_name is None else jax.lax.psum(x, axis_name)

@@ -132,17 +132,6 @@ def _as_tokens(x, batch_size):
     return x[:, None] if x.ndim == 1 else x
 
 
-def _group_size(batch, config):
-    g = batch.get("group_size", config.num_generations)
-    value = _checks.concrete_value(g)
-    if value is None or value != int(value):
-        raise TypeError(
-            "batch['group_size'] must be a static Python int (it fixes the group layout); "
-            "pass it outside `jit` or set `GRPOConfig.num_generations`"
-        )
-    return _checks.check_positive_int(int(value), "group_size")
-
-
 def _sequence_returns(rewards, mask, gamma):
     """`[B]` completion returns from `[B]` or `[B, T]` rewards."""
     if rewards.ndim == 1:
@@ -153,7 +142,7 @@ def _sequence_returns(rewards, mask, gamma):
 
 def _prepare(params, ref_params, batch, policy_fn, config) -> tuple[_Prepared, dict]:
     base.check_batch(batch, _REQUIRED, _OPTIONAL, "GRPO")
-    group_size = _group_size(batch, config)
+    group_size = base.static_group_size(batch, config.num_generations)
     rewards, n_bad = base.check_rewards(batch["rewards"])
     obs, actions = batch["observations"], batch["actions"]
     log_probs, _ = base.evaluate_policy(policy_fn, params, obs, actions)

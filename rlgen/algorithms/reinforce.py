@@ -91,11 +91,8 @@ def _advantages(batch, mask, config):
         mean, _ = ops.masked_moments(returns, mask, axis_name=config.axis_name)
         advantages = jnp.where(mask > 0, returns - mean, 0.0)
     elif config.baseline == "rloo":
-        group = batch.get("group_size", config.num_generations)
-        group = _checks.concrete_value(group)
-        if group is None:
-            raise TypeError("batch['group_size'] must be a static Python int")
-        advantages = ops.rloo_advantages(returns[:, 0], int(group))[:, None] * mask
+        group = base.static_group_size(batch, config.num_generations)
+        advantages = ops.rloo_advantages(returns[:, 0], group)[:, None] * mask
     else:
         advantages = returns
     if config.normalize_returns:
@@ -149,6 +146,11 @@ def _loss(params, batch, policy_fn, config):
     if mask is not None and jnp.ndim(mask) == 1:
         mask = jnp.asarray(mask)[:, None]
     mask = _checks.as_mask(mask, log_probs.shape, "mask", "the policy's log_prob(actions)")
+    if "group_size" in batch and config.baseline != "rloo":
+        raise ValueError(
+            "batch key 'group_size' is only used by REINFORCEConfig(baseline='rloo'), "
+            f"not by baseline={config.baseline!r}"
+        )
     advantages, totals, n_bad = _advantages(batch, mask, config)
     mode = config.loss_aggregation
     policy_loss = base.global_token_mean(-log_probs * advantages, mask, mode, config.axis_name)

@@ -91,7 +91,9 @@ def preference_loss(
         for hinge and ipo, which do not use it.
       simpo_gamma: SimPO target reward margin (used by "simpo" only).
       chosen_lengths, rejected_lengths: `[B]` response lengths in tokens; required by
-        the length-normalised types "ipo" and "simpo", not accepted by the others.
+        the length-normalised types "ipo" and "simpo", not accepted by the others. A
+        length below 1 (an empty response, whose summed log-prob is 0) counts as 1, so
+        its normalised log-prob is 0 as `masked_mean` gives.
 
     Returns:
       `PreferenceLoss(losses, chosen_rewards, rejected_rewards)`, each `[B]`; the reward
