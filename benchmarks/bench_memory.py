@@ -68,9 +68,14 @@ def main():
     parser.add_argument("--quick", action="store_true")
     opts = parser.parse_args()
     if opts.quick:
-        batch, horizon, vocab, width, depth = 8, 32, 512, 64, 2
-    else:
-        batch, horizon, vocab, width, depth = 32, 256, 8192, 512, 4
+        shapes = [(8, 32, 512, 64, 2)]
+    else:  # activation-heavy (long batch) and parameter-heavy (wide, deep, short batch)
+        shapes = [(32, 256, 8192, 512, 4), (4, 64, 8192, 1024, 8)]
+    for shape in shapes:
+        compare(*shape)
+
+
+def compare(batch, horizon, vocab, width, depth):
     tokens = jax.random.randint(jax.random.key(0), (batch, horizon), 0, vocab)
     actions = jnp.roll(tokens, -1, axis=1)
     key_p, key_v = jax.random.split(jax.random.key(1))
