@@ -2,8 +2,10 @@
 
 1. GAE: rlgen's scan and associative forms vs `rlax.truncated_generalized_advantage_estimation`
    (vmapped over rows) vs a NumPy loop, at (T, B) = (1024, 256), (16384, 8), (128, 4096).
-   Medians of interleaved runs; ratio to rlax and to the memory floor (bytes read and
-   written divided by the copy bandwidth measured in the same run).
+   Medians of interleaved runs in shuffled order; ratio to rlax, to the memory floor (the
+   bytes GAE reads and writes divided by the main-memory copy bandwidth measured in the
+   same run), and to a compiled copy of as many bytes timed in the same rounds (which
+   runs from cache at these sizes, so it is the stricter floor).
 2. Token log-probs: direct vs memory-light at B=8, T=1024, V=32768 (forward, and value and
    gradient): median time and peak temporary memory from the compiled program's memory
    analysis.
@@ -34,21 +36,33 @@ def _timed(fn, *args):
 
 
 def interleaved_medians(candidates: dict, args_for: dict, repeats: int) -> dict:
-    """Runs each candidate once per round, round after round; returns median seconds."""
+    """Median seconds per candidate over `repeats` rounds.
+
+    Each round visits the candidates in a fresh random order (seeded) and times each one
+    right after an untimed call of the same candidate, so no candidate always pays for
+    following another's cache and thread-pool disturbance (measured: whatever ran right
+    after the NumPy loop was up to 1.5x slower).
+    """
     for name, fn in candidates.items():  # warm up (compile) outside the timing
         jax.block_until_ready(fn(*args_for[name]))
+    rng = np.random.default_rng(0)
+    names = list(candidates)
     times = {name: [] for name in candidates}
     for _ in range(repeats):
-        for name, fn in candidates.items():
-            times[name].append(_timed(fn, *args_for[name]))
+        for name in rng.permutation(names):
+            jax.block_until_ready(candidates[name](*args_for[name]))
+            times[name].append(_timed(candidates[name], *args_for[name]))
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def _copy(x):
+    return x * 1.0000001  # an out-of-place copy XLA cannot elide
+
+
 def copy_bandwidth(repeats: int) -> float:
-    """Bytes per second of a compiled out-of-place copy (read + write) of 256 MiB."""
+    """Bytes per second (read + write) of a compiled copy of 256 MiB: main-memory speed."""
     x = jnp.ones((64 * 1024 * 1024,), jnp.float32)
-    copy = jax.jit(lambda x: x * 1.0000001)
-    seconds = interleaved_medians({"copy": copy}, {"copy": (x,)}, repeats)["copy"]
+    seconds = interleaved_medians({"copy": jax.jit(_copy)}, {"copy": (x,)}, repeats)["copy"]
     return 2 * x.nbytes / seconds
 
 
@@ -86,22 +100,27 @@ def bench_gae(shapes, repeats, bandwidth):
             )
         )
         np_args = tuple(np.asarray(a) for a in (rewards, dones, values))
+        # Memory floors: bytes moved at main-memory copy bandwidth, and a compiled copy
+        # moving as many bytes (cache-resident at these sizes), timed in the same rounds.
+        bytes_moved = 4 * (3 * batch * horizon + batch * (horizon + 1))
+        copy_src = jnp.ones((bytes_moved // 8,), jnp.float32)  # read + write = bytes_moved
         candidates = {
             "rlgen scan": scan,
             "rlgen associative": assoc,
             "rlax (vmapped)": rlax_gae,
             "NumPy loop": numpy_gae,
+            "same-size copy": jax.jit(_copy),
         }
         args = {name: (rewards, dones, values) for name in candidates}
         args["NumPy loop"] = np_args
+        args["same-size copy"] = (copy_src,)
         ref = np.asarray(rlax_gae(rewards, dones, values))
         for name in ("rlgen scan", "rlgen associative"):
             got = np.asarray(candidates[name](rewards, dones, values))
             np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3)
         medians = interleaved_medians(candidates, args, repeats)
-        # Memory floor: read rewards, dones, values; write advantages (float32).
-        bytes_moved = 4 * (3 * batch * horizon + batch * (horizon + 1))
         floor = bytes_moved / bandwidth
+        same_size = medians["same-size copy"]
         for name, seconds in medians.items():
             rows.append(
                 (
@@ -110,6 +129,7 @@ def bench_gae(shapes, repeats, bandwidth):
                     seconds * 1e3,
                     seconds / medians["rlax (vmapped)"],
                     seconds / floor,
+                    seconds / same_size,
                 )
             )
     return rows
@@ -164,12 +184,14 @@ def main():
     print(f"# rlgen ops benchmark — jax {jax.__version__}, {jax.devices()[0].device_kind}, "
           f"{len(jax.devices())} device(s), medians of {repeats} interleaved runs\n")
     bandwidth = copy_bandwidth(repeats)
-    print(f"copy bandwidth (read + write): {bandwidth / 1e9:.2f} GB/s\n")
+    print(f"main-memory copy bandwidth (read + write, 256 MiB): {bandwidth / 1e9:.2f} GB/s\n")
     print("## GAE (gamma=0.99, lambda=0.95, 1% episode ends)\n")
-    print("| (T, B) | implementation | median ms | vs rlax | vs memory floor |")
-    print("|---|---|---:|---:|---:|")
-    for shape, name, ms, vs_rlax, vs_floor in bench_gae(gae_shapes, repeats, bandwidth):
-        print(f"| {shape} | {name} | {ms:.3f} | {vs_rlax:.2f}x | {vs_floor:.1f}x |")
+    print("| (T, B) | implementation | median ms | vs rlax | vs memory floor | "
+          "vs same-size copy |")
+    print("|---|---|---:|---:|---:|---:|")
+    for shape, name, ms, vs_rlax, vs_floor, vs_copy in bench_gae(gae_shapes, repeats, bandwidth):
+        print(f"| {shape} | {name} | {ms:.3f} | {vs_rlax:.2f}x | {vs_floor:.1f}x | "
+              f"{vs_copy:.1f}x |")
     b, t, v = lp_shape
     print(f"\n## Token log-probs (B={b}, T={t}, V={v}, float32 logits)\n")
     print("| program | median ms | peak temporary MiB |")
