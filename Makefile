@@ -21,8 +21,10 @@ test: lint
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,bench]'
 	$(PY) benchmarks/bench_ops.py
 	$(PY) benchmarks/bench_memory.py
+	$(PY) benchmarks/bench_ppo.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

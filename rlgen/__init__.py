@@ -6,7 +6,7 @@ here, flat, as the reference guide imports them.
 """
 
 from rlgen import algorithms, ops, rewards
-from rlgen.algorithms import DPOConfig, GRPOConfig, REINFORCEConfig
+from rlgen.algorithms import DPOConfig, GRPOConfig, PPOConfig, REINFORCEConfig
 from rlgen.rewards import (
     ClippedReward,
     CompositeReward,
@@ -24,6 +24,7 @@ __all__ = [
     "ConstantReward",
     "DPOConfig",
     "GRPOConfig",
+    "PPOConfig",
     "REINFORCEConfig",
     "RewardFunction",
     "ScaledReward",

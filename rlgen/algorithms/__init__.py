@@ -4,13 +4,14 @@
     state = algo.init(params)
     state, metrics = jax.jit(algo.update)(state, batch)
 
-Each algorithm's loss is public too (`reinforce_loss`, `grpo_loss`, `dpo_loss`,
+Each algorithm's loss is public too (`reinforce_loss`, `ppo_loss`, `grpo_loss`, `dpo_loss`,
 `dpo_sequence_loss`) for users who own their optimiser step.
 """
 
 from rlgen.algorithms.base import Algorithm, TokenCategorical, evaluate_policy
 from rlgen.algorithms.dpo import DPOConfig, DPOState, dpo, dpo_loss, dpo_sequence_loss
 from rlgen.algorithms.grpo import GRPOConfig, GRPOState, grpo, grpo_loss
+from rlgen.algorithms.ppo import PPOConfig, PPOState, ppo, ppo_loss
 from rlgen.algorithms.reinforce import (
     REINFORCEConfig,
     REINFORCEState,
@@ -24,6 +25,8 @@ __all__ = [
     "DPOState",
     "GRPOConfig",
     "GRPOState",
+    "PPOConfig",
+    "PPOState",
     "REINFORCEConfig",
     "REINFORCEState",
     "TokenCategorical",
@@ -33,6 +36,8 @@ __all__ = [
     "evaluate_policy",
     "grpo",
     "grpo_loss",
+    "ppo",
+    "ppo_loss",
     "reinforce",
     "reinforce_loss",
 ]

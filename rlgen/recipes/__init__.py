@@ -1,0 +1,1 @@
+"""`rlgen.recipes`: end-to-end tasks, each a readable, runnable module."""
