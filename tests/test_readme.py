@@ -27,3 +27,18 @@ def test_readme_examples_run():
                 assert np.all(np.isfinite(np.asarray(namespace[name]))), name
         if "a_dr" in namespace:  # the all-equal second group gets exactly 0
             np.testing.assert_array_equal(namespace["a_dr"][4:], jnp.zeros(4))
+
+
+NOTEBOOKS = README.parent / "notebooks"
+
+
+def test_notebook_code_cells_run():
+    import json
+
+    notebooks = sorted(NOTEBOOKS.glob("*.ipynb"))
+    assert notebooks, "notebooks/ holds no notebook"
+    for path in notebooks:
+        namespace: dict = {}
+        for cell in json.loads(path.read_text())["cells"]:
+            if cell["cell_type"] == "code":
+                exec(compile("".join(cell["source"]), str(path), "exec"), namespace)  # noqa: S102
