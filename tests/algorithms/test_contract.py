@@ -48,6 +48,16 @@ METRIC_KEYS = {
         "entropy",
         "clip_fraction",
     },
+    "ppo": {
+        "loss",
+        "policy_loss",
+        "value_loss",
+        "entropy",
+        "mean_reward",
+        "advantage_mean",
+        "kl_divergence",
+        "clip_fraction",
+    },
     "dpo": {
         "loss",
         "dpo_loss",
@@ -61,6 +71,27 @@ METRIC_KEYS = {
 
 def policy_fn(params, prompts):
     return A.TokenCategorical(params[prompts])
+
+
+def ppo_policy_fn(params, observations):
+    """The same table policy on per-step observations `[B, T]` (each row's prompt id,
+    repeated), with a value head read off the logits (so values train too)."""
+    logits = params[observations[:, 0]]
+    return A.TokenCategorical(logits), jnp.mean(logits, axis=-1)
+
+
+def ppo_batch(key, rows=B):
+    """Per-step rewards, bootstrap values, behaviour log-probs, episode ends, ragged masks."""
+    k = jax.random.split(key, 6)
+    return {
+        "observations": jnp.repeat(jax.random.randint(k[0], (rows, 1), 0, K), T, axis=1),
+        "actions": jax.random.randint(k[1], (rows, T), 0, V),
+        "rewards": jax.random.normal(k[2], (rows, T)),
+        "values": jax.random.normal(k[3], (rows, T + 1)),
+        "log_probs": -jnp.log(V) + 0.3 * jax.random.normal(k[4], (rows, T)),
+        "dones": jax.random.bernoulli(k[5], 0.2, (rows, T)).astype(jnp.float32),
+        "mask": ragged_mask(k[5], rows),
+    }
 
 
 def ragged_mask(key, rows):
@@ -126,6 +157,12 @@ CASES = {
         A.GRPOConfig(gradient_accumulation_steps=2),
         functools.partial(rl_batch, old=True),
     ),
+    "ppo": (
+        "ppo",
+        A.ppo,
+        A.PPOConfig(num_epochs=2, num_minibatches=2, clip_value=0.2, target_kl=1.0),
+        ppo_batch,
+    ),
     "dpo-sigmoid": ("dpo", A.dpo, A.DPOConfig(label_smoothing=0.1), dpo_batch),
     "dpo-ipo": ("dpo", A.dpo, A.DPOConfig(loss_type="ipo"), dpo_batch),
     "dpo-simpo": ("dpo", A.dpo, A.DPOConfig(reference_free=True), dpo_batch),
@@ -141,6 +178,8 @@ def set_lr(state, lr):
 def assert_trees_close(a, b, rtol=1e-5, atol=1e-6, msg=""):
     assert jax.tree.structure(a) == jax.tree.structure(b), msg
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):  # PPO's shuffling key
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
         np.testing.assert_allclose(
             np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=rtol, atol=atol, err_msg=msg
         )
@@ -156,7 +195,8 @@ class Case:
     def __init__(self, name):
         self.family, factory, config, self.make_batch = CASES[name]
         optimizer = optax.inject_hyperparams(optax.adam)(learning_rate=0.05)
-        self.algo = factory(policy_fn, optimizer, config)
+        policy = ppo_policy_fn if self.family == "ppo" else policy_fn
+        self.algo = factory(policy, optimizer, config)
         self.traces = 0
 
         def counted_update(state, batch):
