@@ -5,7 +5,7 @@ Layers: `rlgen.ops` (pure array math) -> `rlgen.algorithms` (init/update pairs) 
 here, flat, as the reference guide imports them.
 """
 
-from rlgen import algorithms, ops, rewards
+from rlgen import algorithms, callbacks, models, ops, rewards, trainers
 from rlgen.algorithms import DPOConfig, GRPOConfig, PPOConfig, REINFORCEConfig
 from rlgen.rewards import (
     ClippedReward,
@@ -15,22 +15,41 @@ from rlgen.rewards import (
     ScaledReward,
     ThresholdReward,
 )
+from rlgen.trainers import (
+    AutoregressiveConfig,
+    AutoregressiveTrainer,
+    DPOTrainer,
+    GRPOTrainer,
+    PPOTrainer,
+    REINFORCETrainer,
+    Trainer,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoregressiveConfig",
+    "AutoregressiveTrainer",
     "ClippedReward",
     "CompositeReward",
     "ConstantReward",
     "DPOConfig",
+    "DPOTrainer",
     "GRPOConfig",
+    "GRPOTrainer",
     "PPOConfig",
+    "PPOTrainer",
     "REINFORCEConfig",
+    "REINFORCETrainer",
     "RewardFunction",
     "ScaledReward",
     "ThresholdReward",
+    "Trainer",
     "__version__",
     "algorithms",
+    "callbacks",
+    "models",
     "ops",
     "rewards",
+    "trainers",
 ]
