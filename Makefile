@@ -1,10 +1,10 @@
-# rlgen: `make test` sets up its own virtual environment on a fresh machine, lints and tests.
+# rlgen: `make test` and `make demo` set up their own virtual environment on a fresh machine.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint bench venv clean
+.PHONY: test lint bench demo venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ lint: $(STAMP)
 
 test: lint
 	$(PY) -m pytest -q
+
+# The main job: pretrain the built-in LM on addition, fine-tune it with GRPO (about a minute).
+demo: $(STAMP)
+	$(VENV)/bin/rlgen addition --out-dir runs/demo --overwrite $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,bench]'

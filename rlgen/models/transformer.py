@@ -568,6 +568,7 @@ class TransformerLM(nnx.Module):
         _check_top_p(top_p)
         greedy = temp_value == 0.0
         graphdef, state = nnx.split(self)
+        prompts, key = _on_params_devices((prompts, key), state)
         return _generate_program(
             graphdef,
             state,
@@ -606,6 +607,29 @@ class TransformerLM(nnx.Module):
                 "`generate` with explicit settings"
             )
         return self.generate(observations, key, **dataclasses.asdict(self.sampling))
+
+
+def _on_params_devices(inputs, state):
+    """Inputs that live elsewhere are replicated over the mesh the parameters live on.
+
+    A model trained data-parallel holds parameters replicated over several devices; a key
+    or prompts made on the default device would not meet them inside one program. Inputs
+    already on the parameters' devices (e.g. prompts sharded along the batch) stay as
+    they are.
+    """
+    leaves = jax.tree.leaves(state)
+    sharding = getattr(leaves[0], "sharding", None) if leaves else None
+    if not isinstance(sharding, jax.sharding.NamedSharding) or len(sharding.device_set) < 2:
+        return inputs
+    replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+
+    def place(x):
+        on = getattr(x, "sharding", None)
+        return x if on is not None and on.device_set == sharding.device_set else (
+            jax.device_put(x, replicated)
+        )
+
+    return jax.tree.map(place, inputs)
 
 
 @functools.partial(

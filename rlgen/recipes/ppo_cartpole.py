@@ -22,6 +22,9 @@ its `info` has `truncated`, `terminated` and `final_observation`).
 
 from __future__ import annotations
 
+import dataclasses
+import time
+
 import distrax
 import jax
 import jax.numpy as jnp
@@ -285,3 +288,57 @@ def evaluate(
         body, (env_state, obs, alive, total, k_run), None, max_steps
     )
     return total
+
+
+# ----------------------------------------------------------------------------------------
+# The `rlgen cartpole` command
+# ----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CartPoleConfig:
+    """Options of ``rlgen cartpole``."""
+
+    seed: int = 0
+    total_timesteps: int = TOTAL_TIMESTEPS
+    num_envs: int = NUM_ENVS
+    num_steps: int = NUM_STEPS
+    learning_rate: float = LEARNING_RATE
+    clip_param: float = DEFAULT_CONFIG.clip_param
+    entropy_coeff: float = DEFAULT_CONFIG.entropy_coeff
+    num_epochs: int = DEFAULT_CONFIG.num_epochs
+    num_minibatches: int = DEFAULT_CONFIG.num_minibatches
+    eval_episodes: int = 64
+
+
+def run(config: CartPoleConfig = CartPoleConfig(), *, echo=print) -> dict:
+    """Trains PPO on CartPole-v1 and reports the mean greedy return (``rlgen cartpole``)."""
+    ppo_config = dataclasses.replace(
+        DEFAULT_CONFIG,
+        clip_param=config.clip_param,
+        entropy_coeff=config.entropy_coeff,
+        num_epochs=config.num_epochs,
+        num_minibatches=config.num_minibatches,
+    )
+    start = time.perf_counter()
+    params, _ = train(
+        config.seed,
+        ppo_config,
+        total_timesteps=config.total_timesteps,
+        num_envs=config.num_envs,
+        num_steps=config.num_steps,
+        learning_rate=config.learning_rate,
+    )
+    returns = jax.jit(evaluate, static_argnums=2)(
+        params, jax.random.key(config.seed + 1), config.eval_episodes
+    )
+    result = {
+        "mean_greedy_return": float(jnp.mean(returns)),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    echo(
+        f"PPO CartPole-v1: mean greedy return {result['mean_greedy_return']:.1f} over "
+        f"{config.eval_episodes} episodes after {config.total_timesteps} steps "
+        f"({result['seconds']} s)"
+    )
+    return result
