@@ -629,3 +629,19 @@ def test_errors_raise_at_trace_time_under_jit():
         jax.jit(lambda r, v: gae_advantages(r, v))(
             np.zeros((2, 3), np.float32), np.zeros((2, 5), np.float32)
         )
+
+
+def test_auto_method_picks_scan_on_cpu_and_associative_on_accelerators(monkeypatch):
+    from rlgen.ops import returns as R
+
+    assert R._resolve_method("auto") == "scan"  # the tests run on the CPU
+    monkeypatch.setattr(R.jax, "default_backend", lambda: "gpu")
+    assert R._resolve_method("auto") == "associative"
+    assert R._resolve_method("scan") == "scan"
+    r = jnp.array([[0.0, 1.0, 0.0, 2.0]])
+    v = jnp.array([[0.5, 0.1, 0.2, 0.3, 0.4]])
+    np.testing.assert_allclose(
+        gae_advantages(r, v, method="auto"), gae_advantages(r, v, method="scan"), rtol=1e-6
+    )
+    with pytest.raises(ValueError, match="method"):
+        gae_advantages(r, v, method="fast")
