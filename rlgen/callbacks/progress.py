@@ -62,6 +62,7 @@ class ProgressBarCallback(base.Callback):
             None too, an indeterminate bar (count without total).
         disable: if True the callback does nothing.
         console: the `rich.console.Console` to draw on (default: a new console on stdout).
+        description: the label in front of the bar.
 
     Example:
         >>> import io
@@ -86,7 +87,10 @@ class ProgressBarCallback(base.Callback):
         total: int | None = None,
         disable: bool = False,
         console: Console | None = None,
+        description: str = "train",
     ):
+        if not isinstance(description, str):
+            raise TypeError(f"`description` must be a str, got {type(description).__name__}")
         if isinstance(metrics, str):
             metrics = (metrics,)
         if not isinstance(metrics, Sequence) or not all(isinstance(m, str) for m in metrics):
@@ -110,6 +114,7 @@ class ProgressBarCallback(base.Callback):
         self.total = total
         self.disable = disable
         self.console = console
+        self.description = description
         self._progress: Progress | None = None
         self._task = None
         self._latest: Mapping[str, Any] | None = None
@@ -139,7 +144,7 @@ class ProgressBarCallback(base.Callback):
             auto_refresh=False,
         )
         self._task = self._progress.add_task(
-            "train", total=self._resolve_total(trainer), metrics=""
+            self.description, total=self._resolve_total(trainer), metrics=""
         )
         self._latest = None
         self._progress.start()

@@ -34,6 +34,7 @@ import optax
 from flax import nnx
 
 from rlgen.algorithms import GRPOConfig
+from rlgen.callbacks import Callback
 from rlgen.models import SamplingConfig, TransformerConfig, TransformerLM
 from rlgen.trainers import AutoregressiveConfig, AutoregressiveTrainer, GRPOTrainer
 
@@ -203,25 +204,19 @@ class AdditionConfig:
         )
 
 
-class _StopAtAccuracy:
-    """Callback: stops pretraining once greedy accuracy on ``pairs`` reaches ``target``."""
+class _StopAtAccuracy(Callback):
+    """Stops pretraining once greedy accuracy on ``pairs`` reaches ``target``."""
 
     def __init__(self, model, pairs, target: float, every: int):
         self.model, self.pairs, self.target, self.every = model, pairs, target, every
-
-    def on_train_begin(self, trainer):
-        pass
 
     def on_train_batch_end(self, trainer, metrics, step):
         if (step + 1) % self.every == 0 and accuracy(self.model, self.pairs) >= self.target:
             trainer.stop_training = True
 
-    def on_train_end(self, trainer):
-        pass
 
-
-class _HeldOutEval:
-    """Callback: held-out greedy accuracy every ``every`` steps (and at the end), logged."""
+class _HeldOutEval(Callback):
+    """Logs held-out greedy accuracy every ``every`` steps (``step``: steps taken)."""
 
     def __init__(self, model, pairs, every: int, logger, initial: float):
         self.model, self.pairs, self.every, self.logger = model, pairs, every, logger
@@ -234,9 +229,6 @@ class _HeldOutEval:
     def on_train_batch_end(self, trainer, metrics, step):
         if (step + 1) % self.every == 0:
             self._evaluate(trainer)
-
-    def on_train_end(self, trainer):
-        pass
 
     def _evaluate(self, trainer):
         score = accuracy(self.model, self.pairs)
@@ -326,7 +318,7 @@ def run(config: AdditionConfig = AdditionConfig(), *, echo=print) -> dict[str, A
     the phase times and ``interrupted`` (True when Ctrl-C stopped it; the checkpoint of
     the step reached is saved and ``resume=True`` continues).
     """
-    from rlgen.callbacks import JSONLLogger, ModelCheckpoint, ProgressBarCallback
+    from rlgen.callbacks import JSONLLogger, ModelCheckpoint
 
     out = Path(config.out_dir)
     _check_out_dir(out, config)
@@ -363,7 +355,6 @@ def run(config: AdditionConfig = AdditionConfig(), *, echo=print) -> dict[str, A
         ModelCheckpoint.restore(pretrainer, out / "checkpoints" / "pretrain")
         summary.update(json.loads(marker.read_text()))
     else:
-        bar = [ProgressBarCallback(metrics=("loss", "token_accuracy"))] if config.progress else []
         probe = train_pairs[: min(500, len(train_pairs))]
         _phase(
             pretrainer,
@@ -371,7 +362,7 @@ def run(config: AdditionConfig = AdditionConfig(), *, echo=print) -> dict[str, A
             config.pretrain_steps,
             out / "checkpoints" / "pretrain",
             [
-                *bar,
+                *_progress(config, "pretrain", ("loss", "token_accuracy")),
                 JSONLLogger(out / "metrics.jsonl", fields={"phase": "pretrain"}),
                 _StopAtAccuracy(model, probe, config.pretrain_target, config.pretrain_check_every),
             ],
@@ -397,7 +388,6 @@ def run(config: AdditionConfig = AdditionConfig(), *, echo=print) -> dict[str, A
     evaluation = _HeldOutEval(
         model, held_out, config.eval_every, grpo_log, summary["accuracy_before"]
     )
-    bar = [ProgressBarCallback(metrics=("mean_reward", "kl_penalty"))] if config.progress else []
     trainer = GRPOTrainer(
         model,
         nnx.Optimizer(model, optax.adam(config.learning_rate), wrt=nnx.Param),
@@ -410,7 +400,7 @@ def run(config: AdditionConfig = AdditionConfig(), *, echo=print) -> dict[str, A
         lambda s: prompt_batches(train_pairs, config.prompts_per_step, config.seed, s),
         config.grpo_steps,
         out / "checkpoints" / "grpo",
-        [*bar, grpo_log, evaluation],
+        [*_progress(config, "GRPO", ("mean_reward", "kl_penalty")), grpo_log, evaluation],
         config,
         reward_fn=AdditionReward(),
     )
@@ -423,6 +413,14 @@ def run(config: AdditionConfig = AdditionConfig(), *, echo=print) -> dict[str, A
     if config.plot:
         plot_reward_curve(out / "metrics.jsonl", out / "reward_curve.png")
     return _finish(out, summary, echo=echo)
+
+
+def _progress(config: AdditionConfig, description: str, metrics) -> list:
+    from rlgen.callbacks import ProgressBarCallback
+
+    if not config.progress:
+        return []
+    return [ProgressBarCallback(metrics=metrics, description=description)]
 
 
 def _finish(out: Path, summary, *, interrupted=None, echo=print):

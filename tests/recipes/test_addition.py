@@ -73,7 +73,7 @@ def test_batches_depend_only_on_seed_and_step():
 
 def test_shortened_run_raises_held_out_accuracy(tmp_path):
     config = A.AdditionConfig(
-        out_dir=str(tmp_path / "run"), grpo_steps=150, progress=False, eval_every=50
+        out_dir=str(tmp_path / "run"), grpo_steps=250, progress=False, eval_every=50
     )
     summary = A.run(config, echo=lambda *_: None)
     before, after = summary["accuracy_before"], summary["accuracy_after"]
@@ -83,13 +83,13 @@ def test_shortened_run_raises_held_out_accuracy(tmp_path):
     assert json.loads((out / "summary.json").read_text())["accuracy_after"] == after
     records = A.read_metrics(out / "metrics.jsonl")
     grpo = [r for r in records if r.get("phase") == "grpo" and "mean_reward" in r]
-    assert [r["step"] for r in grpo] == list(range(150))
+    assert [r["step"] for r in grpo] == list(range(250))
     evals = [r["heldout_accuracy"] for r in records if "heldout_accuracy" in r]
     assert evals[0] == before and evals[-1] == after
     assert (out / "reward_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from rlgen.callbacks import ModelCheckpoint
 
-    assert ModelCheckpoint.latest_step(out / "checkpoints" / "grpo") == 150
+    assert ModelCheckpoint.latest_step(out / "checkpoints" / "grpo") == 250
     assert ModelCheckpoint.latest_step(out / "checkpoints" / "pretrain") == (
         summary["pretrain_steps_taken"]
     )
