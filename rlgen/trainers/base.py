@@ -101,6 +101,8 @@ class Trainer:
     static_batch_keys: tuple[str, ...] = ()
     #: Whether `fit` calls the epoch hooks (model trainers; an RL loop has no epochs).
     has_epochs: bool = True
+    #: Whether `train_step(batch, reward_fn, key)` samples and scores (GRPO, REINFORCE).
+    samples: bool = False
 
     def __init__(
         self,
@@ -184,7 +186,6 @@ class Trainer:
             var.set_value(value)
         for var, value in zip(self._opt_vars, jax.tree.leaves(self.state.opt_state), strict=True):
             var.set_value(value)
-        self.optimizer.step.set_value(jnp.asarray(self.step, self.optimizer.step.get_value().dtype))
 
     # --------------------------------------------------------------------- the step
     def init_state(self, params):
@@ -234,6 +235,7 @@ class Trainer:
         self.state = state
         self.step += 1
         self._write_back()
+        self.optimizer.step.set_value(self.optimizer.step.get_value() + 1)  # updates applied
         return metrics
 
     def train_step(self, batch: Mapping[str, Any]) -> dict[str, jax.Array]:
@@ -278,14 +280,15 @@ class Trainer:
             ),
             "rng": jax.random.key_data(self.rng),
             "step": jnp.asarray(self.step, jnp.int32),
+            "optimizer_step": jnp.asarray(self.optimizer.step.get_value()),
         }
 
     def checkpoint_state(self) -> dict[str, jax.Array]:
         """Everything needed to resume exactly, as a flat dict of arrays.
 
         The functional state (parameters, optimiser state, the algorithm's step and RNG
-        key), the trainer's RNG key and its step count. Keys are stable names derived
-        from the tree paths (``"00003_state_params_..."``).
+        key), the trainer's RNG key and step count, and the optimizer's update count.
+        Keys are stable names derived from the tree paths (``"00003_state_params_..."``).
         """
         flat = jax.tree_util.tree_leaves_with_path(self._resume_tree())
         return {_flat_name(i, path): leaf for i, (path, leaf) in enumerate(flat)}
@@ -322,6 +325,7 @@ class Trainer:
         )
         self.rng = jax.random.wrap_key_data(restored["rng"], impl=jax.random.key_impl(self.rng))
         self.step = int(restored["step"])
+        self.optimizer.step.set_value(restored["optimizer_step"])
         self._write_back()
 
     def save_checkpoint(self, directory, *, force: bool = False) -> None:
@@ -365,6 +369,12 @@ class Trainer:
             raise ValueError(f"`num_steps` must be a non-negative int or None, got {num_steps!r}")
         if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
             raise ValueError(f"`num_epochs` must be a positive int, got {num_epochs!r}")
+        if reward_fn is not None and not self.samples:
+            raise TypeError(
+                f"{type(self).__name__} does not sample completions, so `fit` takes no "
+                "`reward_fn`: pass batches that hold the actions and rewards (GRPOTrainer "
+                "and REINFORCETrainer sample and score)"
+            )
         callbacks = list(callbacks)
         self.num_steps, self.interrupted, self.stop_training = num_steps, False, False
         metrics = None

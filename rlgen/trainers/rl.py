@@ -77,6 +77,7 @@ class _SamplingTrainer(_AlgorithmTrainer):
     """Adds ``train_step(batch, reward_fn, key)``: sample, score, update (SPEC item 10)."""
 
     static_batch_keys = ("group_size",)
+    samples = True
 
     def _uses_group_size(self) -> bool:
         """Whether the algorithm reads ``group_size`` (the sampled batch then carries it)."""
