@@ -18,7 +18,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check rlgen tests benchmarks
 
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 # The main job: pretrain the built-in LM on addition, fine-tune it with GRPO (about a minute).
 demo: $(STAMP)

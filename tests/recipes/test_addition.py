@@ -95,25 +95,6 @@ def test_shortened_run_raises_held_out_accuracy(tmp_path):
     )
 
 
-def test_data_parallel_run_shards_over_four_devices(tmp_path):
-    config = A.AdditionConfig(
-        out_dir=str(tmp_path / "dp"), devices=4, pretrain_steps=20, grpo_steps=4,
-        held_out=200, progress=False, plot=False, eval_every=2, checkpoint_every=2,
-    )
-    summary = A.run(config, echo=lambda *_: None)
-    assert summary["devices"] == 4
-    assert 0.0 <= summary["accuracy_after"] <= 1.0
-    # A resumed run continues on the same mesh from the saved step.
-    more = A.run(
-        A.AdditionConfig(**{**config.__dict__, "grpo_steps": 6, "resume": True}),
-        echo=lambda *_: None,
-    )
-    records = A.read_metrics(tmp_path / "dp" / "metrics.jsonl")
-    steps = [r["step"] for r in records if r.get("phase") == "grpo" and "mean_reward" in r]
-    assert steps == list(range(6))
-    assert more["pretrain_steps_taken"] == summary["pretrain_steps_taken"]
-
-
 def test_bad_out_dir_fails_before_any_work(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
