@@ -207,14 +207,9 @@ def _run(recipe: str, options: dict[str, Any]) -> int:
         try:
             config = addition.AdditionConfig(**options)
             summary = addition.run(config)
-        except addition.OutputDirError as err:
+        except (addition.UsageError, addition.MissingExtraError) as err:
             print(f"rlgen: error: {err}", file=sys.stderr)
             return EXIT_USAGE
-        except (ValueError, TypeError, ImportError) as err:
-            if "devices" in str(err) or "rlgen[" in str(err):
-                print(f"rlgen: error: {err}", file=sys.stderr)
-                return EXIT_USAGE
-            raise
         if summary.get("interrupted"):
             return EXIT_INTERRUPTED
         print(

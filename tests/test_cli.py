@@ -145,3 +145,8 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_with_four_devices(tmp_pat
     assert [r["step"] for r in grpo_steps(lines)] == list(range(reached + 3))
     assert ModelCheckpoint.latest_step(out / "checkpoints" / "grpo") == reached + 3
     shutil.rmtree(out)
+
+
+def test_more_devices_than_jax_sees_exits_2(capsys, tmp_path):
+    code, _, err = _main(capsys, "addition", "--devices", "64", "--out-dir", str(tmp_path))
+    assert code == 2 and "--devices 64" in err and "JAX sees" in err

@@ -252,8 +252,16 @@ def _check_out_dir(out: Path, config: AdditionConfig) -> None:
         )
 
 
-class OutputDirError(ValueError):
+class UsageError(ValueError):
+    """A setting the recipe cannot run with (the `rlgen` command exits with code 2)."""
+
+
+class OutputDirError(UsageError):
     """The output folder cannot be used (not writable, or holds another run)."""
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency the settings need is not installed."""
 
 
 def _mesh(devices: int):
@@ -261,7 +269,7 @@ def _mesh(devices: int):
         return None
     available = jax.devices()
     if len(available) < devices:
-        raise ValueError(
+        raise UsageError(
             f"--devices {devices} asked for {devices} devices but JAX sees {len(available)} "
             f"({available[0].platform}); on CPU set XLA_FLAGS="
             f"--xla_force_host_platform_device_count={devices} before JAX starts (the "
@@ -438,7 +446,7 @@ def _require_matplotlib():
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise ImportError(
+        raise MissingExtraError(
             "the reward-curve plot needs matplotlib: pip install 'rlgen[demo]' (or pass "
             "--no-plot)"
         ) from None
