@@ -29,6 +29,7 @@ HOOKS = (
     "on_train_batch_end",
     "on_epoch_end",
     "on_train_end",
+    "on_exception",
 )
 
 
@@ -75,6 +76,11 @@ class Callback:
 
     def on_epoch_end(self, trainer: Any, epoch: int, metrics: Mapping[str, Any]) -> None:
         """Called at the end of each epoch with the epoch's metrics (model trainers)."""
+
+    def on_exception(self, trainer: Any, exception: BaseException) -> None:
+        """Called instead of `on_train_end` when a step (or a hook) raised: release what
+        the callback holds (files, bars, pending saves) without writing anything new; the
+        exception propagates afterwards."""
 
 
 class CallbackList(Callback):
@@ -147,14 +153,21 @@ class CallbackList(Callback):
     def on_epoch_end(self, trainer: Any, epoch: int, metrics: Mapping[str, Any]) -> None:
         self._call("on_epoch_end", trainer, epoch, metrics)
 
+    def on_exception(self, trainer: Any, exception: BaseException) -> None:
+        self._call_all("on_exception", trainer, exception)
+
     def on_train_end(self, trainer: Any) -> None:
+        self._call_all("on_train_end", trainer)
+
+    def _call_all(self, hook: str, *args: Any) -> None:
+        """Calls ``hook`` on every callback even if one raises; re-raises the first error."""
         first: BaseException | None = None
         for cb in self.callbacks:
-            fn = getattr(cb, "on_train_end", None)
+            fn = getattr(cb, hook, None)
             if fn is None:
                 continue
             try:
-                fn(trainer)
+                fn(*args)
             except Exception as err:  # noqa: BLE001 - re-raised below after the others ran
                 if first is None:
                     first = err

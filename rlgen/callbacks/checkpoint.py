@@ -493,6 +493,11 @@ class ModelCheckpoint(base.Callback):
         finally:
             self._close()
 
+    def on_exception(self, trainer: Any, exception: BaseException) -> None:
+        """Lets the saves already started finish (so they are complete and listed), saves
+        nothing new (the state may be what failed), and closes the manager."""
+        self._close()
+
     def _close(self) -> None:
         if self._manager is not None:
             try:

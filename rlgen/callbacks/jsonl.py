@@ -135,3 +135,7 @@ class JSONLLogger(base.Callback):
         if self._file is not None:
             self._file.close()
             self._file = None
+
+    def on_exception(self, trainer: Any, exception: BaseException) -> None:
+        """Closes the file (every written line is already flushed)."""
+        self.on_train_end(trainer)

@@ -115,3 +115,8 @@ class JAXProfiler(base.Callback):
     def on_train_end(self, trainer: Any) -> None:
         if self.tracing:
             self._stop(self._latest)
+
+    def on_exception(self, trainer: Any, exception: BaseException) -> None:
+        """Stops a running trace without waiting on the failed step's results."""
+        if self.tracing:
+            self._stop(None)

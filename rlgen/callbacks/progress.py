@@ -167,6 +167,13 @@ class ProgressBarCallback(base.Callback):
             self._progress.refresh()
             self._last_refresh = now
 
+    def on_exception(self, trainer: Any, exception: BaseException) -> None:
+        """Stops the bar where it is (no metric is read)."""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+            self._latest = None
+
     def on_train_end(self, trainer: Any) -> None:
         if self.disable or self._progress is None:
             return

@@ -140,6 +140,14 @@ class WandbLoggerCallback(base.Callback):
             return
         self.run.log(base.to_host(metrics), step=step)
 
+    def on_exception(self, trainer: Any, exception: BaseException) -> None:
+        """Finishes the run marked as failed (exit code 1)."""
+        if self.run is not None:
+            try:
+                self.run.finish(exit_code=1)
+            finally:
+                self.run = None
+
     def on_train_end(self, trainer: Any) -> None:
         if self.run is not None:
             try:

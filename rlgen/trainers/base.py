@@ -31,7 +31,7 @@ import contextlib
 import re
 import signal
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from typing import Any, NamedTuple
 
 import jax
@@ -40,6 +40,7 @@ import optax
 from flax import nnx
 
 from rlgen.algorithms import base as algo_base
+from rlgen.callbacks.base import CallbackList
 
 
 class SupervisedState(NamedTuple):
@@ -359,7 +360,9 @@ class Trainer:
         ``on_epoch_begin(trainer, epoch)``, ``on_train_batch_end(trainer, metrics, step)``
         with ``step`` the 0-based index of the step just taken, ``on_epoch_end(trainer,
         epoch, metrics)``, ``on_train_end(trainer)``; the RL trainers have no epochs and
-        skip the epoch hooks (``has_epochs``). A callback ends training early by
+        skip the epoch hooks (``has_epochs``). When a step or hook raises, the callbacks
+        get ``on_exception(trainer, error)`` instead of ``on_train_end`` (they release what
+        they hold, saving nothing new) and the error propagates. A callback ends training early by
         setting ``trainer.stop_training = True``. Ctrl-C (SIGINT) stops after the current
         step, runs ``on_train_end`` and sets ``trainer.interrupted``; a second Ctrl-C
         interrupts at once.
@@ -375,45 +378,44 @@ class Trainer:
                 "`reward_fn`: pass batches that hold the actions and rewards (GRPOTrainer "
                 "and REINFORCETrainer sample and score)"
             )
-        callbacks = list(callbacks)
-        self.num_steps, self.interrupted, self.stop_training = num_steps, False, False
+        hooks = CallbackList(callbacks)
+        total = num_steps  # the run's length where it is known (progress bars use it)
+        if isinstance(data, Sized):
+            available = len(data) * num_epochs
+            total = available if total is None else min(total, available)
+        self.num_steps, self.interrupted, self.stop_training = total, False, False
         metrics = None
         taken = 0
         with _stop_on_sigint(self):
-            for cb in callbacks:
-                cb.on_train_begin(self)
-            for epoch in range(num_epochs):
-                for cb in callbacks if self.has_epochs else ():
-                    _call(cb, "on_epoch_begin", self, epoch)
-                # The cap is checked after each step, never by pulling one more batch
-                # (an iterator shared across `fit` calls must not lose a batch).
-                for batch in data if num_steps is None or taken < num_steps else ():
-                    if reward_fn is None:
-                        metrics = self.train_step(batch)
-                    else:
-                        metrics = self.train_step(batch, reward_fn)
-                    taken += 1
-                    for cb in callbacks:
-                        cb.on_train_batch_end(self, metrics, self.step - 1)
+            hooks.on_train_begin(self)
+            try:
+                for epoch in range(num_epochs):
+                    if self.has_epochs:
+                        hooks.on_epoch_begin(self, epoch)
+                    # The cap is checked after each step, never by pulling one more batch
+                    # (an iterator shared across `fit` calls must not lose a batch).
+                    for batch in data if num_steps is None or taken < num_steps else ():
+                        if reward_fn is None:
+                            metrics = self.train_step(batch)
+                        else:
+                            metrics = self.train_step(batch, reward_fn)
+                        taken += 1
+                        hooks.on_train_batch_end(self, metrics, self.step - 1)
+                        if self.interrupted or self.stop_training:
+                            break
+                        if num_steps is not None and taken >= num_steps:
+                            break
+                    if self.has_epochs:
+                        hooks.on_epoch_end(self, epoch, metrics)
                     if self.interrupted or self.stop_training:
                         break
                     if num_steps is not None and taken >= num_steps:
                         break
-                for cb in callbacks if self.has_epochs else ():
-                    _call(cb, "on_epoch_end", self, epoch, metrics)
-                if self.interrupted or self.stop_training:
-                    break
-                if num_steps is not None and taken >= num_steps:
-                    break
-            for cb in callbacks:
-                cb.on_train_end(self)
+            except BaseException as error:
+                hooks.on_exception(self, error)  # release files, bars, pending saves
+                raise
+            hooks.on_train_end(self)
         return metrics
-
-
-def _call(callback, hook, *args):
-    fn = getattr(callback, hook, None)
-    if fn is not None:
-        fn(*args)
 
 
 @contextlib.contextmanager

@@ -127,3 +127,21 @@ def test_to_host_converts_in_one_device_get(monkeypatch):
     assert all(type(v) in (float, list) for v in out.values())
     with pytest.raises(TypeError, match="metric 's'"):
         base.to_host({"s": "text"})
+
+
+def test_callback_list_on_exception_reaches_every_callback():
+    seen = []
+
+    class Fails(Callback):
+        def on_exception(self, trainer, exception):
+            seen.append("fails")
+            raise OSError("disk full")
+
+    class Records(Callback):
+        def on_exception(self, trainer, exception):
+            seen.append(str(exception))
+
+    hooks = CallbackList([Fails(), Records(), Callback()])
+    with pytest.raises(OSError, match="disk full"):
+        hooks.on_exception(None, RuntimeError("boom"))
+    assert seen == ["fails", "boom"]

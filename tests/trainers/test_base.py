@@ -359,7 +359,7 @@ def test_fit_hook_order_and_steps_continue():
     ]
     assert rec.steps() == [0, 1, 2]
     assert float(last["loss"]) == rec.calls[-3][2]
-    assert trainer.num_steps is None
+    assert trainer.num_steps == 3  # a sized `data` gives the run its length
     rec2 = Recorder()
     trainer.fit(batches(2), callbacks=[rec2])
     assert rec2.steps() == [3, 4] and trainer.step == 5
@@ -568,3 +568,52 @@ def test_fit_with_reward_fn_on_a_trainer_that_does_not_sample_is_a_clear_error()
     with pytest.raises(TypeError, match="does not sample"):
         trainer.fit([{"observations": np.zeros((2, 3))}], reward_fn=lambda s, c=None: s)
     assert trainer.step == 0
+
+
+def test_an_error_mid_fit_gives_on_exception_and_leaves_complete_checkpoints(tmp_path):
+    """A step that raises: callbacks get `on_exception` (not `on_train_end`), the saves
+    already started complete (nothing half-written, nothing new), the error propagates."""
+    from rlgen.callbacks import CheckpointConfig, JSONLLogger, ModelCheckpoint
+    from rlgen.trainers import GRPOTrainer
+
+    model = MLPPolicy(3, 2, hidden=(4,), rngs=nnx.Rngs(0))
+    trainer = GRPOTrainer(
+        model, nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param), GRPOConfig(num_generations=2)
+    )
+    calls = []
+
+    def reward(samples, conditions=None):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("reward server down")
+        return (samples == 1).astype(jnp.float32)
+
+    class Recorder:
+        def __init__(self):
+            self.events = []
+
+        def on_train_begin(self, trainer):
+            self.events.append("begin")
+
+        def on_train_batch_end(self, trainer, metrics, step):
+            self.events.append(step)
+
+        def on_exception(self, trainer, error):
+            self.events.append(("exception", str(error)))
+
+        def on_train_end(self, trainer):
+            self.events.append("end")
+
+    recorder = Recorder()
+    ckpt = tmp_path / "ckpt"
+    data = [{"observations": np.ones((4, 3), np.float32)}] * 10
+    with pytest.raises(RuntimeError, match="reward server down"):
+        trainer.fit(data, reward_fn=reward, callbacks=[
+            recorder,
+            ModelCheckpoint(CheckpointConfig(str(ckpt), every_n_steps=1, save_top_k=-1)),
+            JSONLLogger(tmp_path / "m.jsonl"),
+        ])
+    assert recorder.events == ["begin", 0, 1, 2, ("exception", "reward server down")]
+    assert ModelCheckpoint.all_steps(ckpt) == [1, 2, 3]  # complete, and no step 4
+    assert not [p for p in ckpt.iterdir() if "tmp" in p.name]
+    assert trainer.num_steps == 10  # the length of `data`, known up front
