@@ -1,55 +1,58 @@
 """rlgen: reinforcement learning and preference optimisation for generative models in JAX.
 
 Layers: `rlgen.ops` (pure array math) -> `rlgen.algorithms` (init/update pairs) ->
-`rlgen.trainers` (thin Flax NNX adapters). Configs and reward classes are re-exported
-here, flat, as the reference guide imports them.
+`rlgen.trainers` (thin Flax NNX adapters). Configs, trainers and reward classes are
+re-exported here, flat:
+
+    from rlgen import GRPOConfig, GRPOTrainer, ThresholdReward
+
+The re-exports load on first use, so ``import rlgen.ops`` (or ``rlgen.algorithms``) costs
+only JAX and optax: Flax, Orbax and rich are imported by the layers that need them.
 """
 
-from rlgen import algorithms, callbacks, models, ops, rewards, trainers
-from rlgen.algorithms import DPOConfig, GRPOConfig, PPOConfig, REINFORCEConfig
-from rlgen.rewards import (
-    ClippedReward,
-    CompositeReward,
-    ConstantReward,
-    RewardFunction,
-    ScaledReward,
-    ThresholdReward,
-)
-from rlgen.trainers import (
-    AutoregressiveConfig,
-    AutoregressiveTrainer,
-    DPOTrainer,
-    GRPOTrainer,
-    PPOTrainer,
-    REINFORCETrainer,
-    Trainer,
-)
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AutoregressiveConfig",
-    "AutoregressiveTrainer",
-    "ClippedReward",
-    "CompositeReward",
-    "ConstantReward",
-    "DPOConfig",
-    "DPOTrainer",
-    "GRPOConfig",
-    "GRPOTrainer",
-    "PPOConfig",
-    "PPOTrainer",
-    "REINFORCEConfig",
-    "REINFORCETrainer",
-    "RewardFunction",
-    "ScaledReward",
-    "ThresholdReward",
-    "Trainer",
-    "__version__",
-    "algorithms",
-    "callbacks",
-    "models",
-    "ops",
-    "rewards",
-    "trainers",
-]
+# name -> the module that defines it (one table: `__all__`, `__getattr__` and `dir` use it).
+_EXPORTS = {
+    "REINFORCEConfig": "rlgen.algorithms",
+    "PPOConfig": "rlgen.algorithms",
+    "GRPOConfig": "rlgen.algorithms",
+    "DPOConfig": "rlgen.algorithms",
+    "RewardFunction": "rlgen.rewards",
+    "ConstantReward": "rlgen.rewards",
+    "CompositeReward": "rlgen.rewards",
+    "ThresholdReward": "rlgen.rewards",
+    "ScaledReward": "rlgen.rewards",
+    "ClippedReward": "rlgen.rewards",
+    "Trainer": "rlgen.trainers",
+    "REINFORCETrainer": "rlgen.trainers",
+    "PPOTrainer": "rlgen.trainers",
+    "GRPOTrainer": "rlgen.trainers",
+    "DPOTrainer": "rlgen.trainers",
+    "AutoregressiveConfig": "rlgen.trainers",
+    "AutoregressiveTrainer": "rlgen.trainers",
+}
+_SUBMODULES = (
+    "algorithms", "callbacks", "checkpoints", "generative", "models", "ops", "rewards", "trainers"
+)
+
+__all__ = sorted(_EXPORTS) + list(_SUBMODULES) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"rlgen.{name}")
+    else:
+        raise AttributeError(f"module 'rlgen' has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

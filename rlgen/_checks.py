@@ -10,6 +10,7 @@ or a concrete array); a traced scalar (a value swept under `vmap` or scheduled i
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -153,3 +154,55 @@ def check_positive_int(x: Any, name: str) -> int:
     if x < 1:
         raise ValueError(f"`{name}` must be >= 1, got {x}")
     return int(x)
+
+
+def check_int(x: Any, name: str, low: int | None = None) -> int:
+    """Raises unless `x` is a Python int (not bool) >= `low`; returns it."""
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
+        raise TypeError(f"`{name}` must be an int, got {type(x).__name__} {x!r}")
+    if low is not None and x < low:
+        raise ValueError(f"`{name}` must be >= {low}, got {x}")
+    return int(x)
+
+
+def check_bool(x: Any, name: str) -> bool:
+    """Raises TypeError unless `x` is a bool; returns it."""
+    if not isinstance(x, bool):
+        raise TypeError(f"`{name}` must be a bool, got {type(x).__name__} {x!r}")
+    return x
+
+
+def option(default: Any, choices: Iterable[str] | Mapping[str, Any]) -> Any:
+    """A config dataclass field whose value is one of ``choices``.
+
+    The choices are recorded once, in the field's metadata (``"choices"``), where
+    `check_options` validates them and the ``rlgen`` command lists them: a module that
+    implements an option exports its choices, and every config that offers the option
+    passes them here.
+
+    Example:
+      >>> @dataclasses.dataclass(frozen=True)
+      ... class Config:
+      ...     estimator: str = option("k3", ("k1", "k2", "k3"))
+      ...     def __post_init__(self):
+      ...         check_options(self)
+      >>> Config("k4")
+      Traceback (most recent call last):
+      ...
+      ValueError: unknown `estimator` 'k4'; expected one of 'k1', 'k2', 'k3'
+    """
+    return dataclasses.field(default=default, metadata={"choices": tuple(choices)})
+
+
+def option_choices(field: dataclasses.Field) -> tuple[str, ...] | None:
+    """The choices an `option` field was declared with (None for other fields)."""
+    return field.metadata.get("choices")
+
+
+def check_options(config: Any) -> None:
+    """Validates every `option` field of a dataclass config (ValueError naming the field)."""
+    for field in dataclasses.fields(config):
+        choices = option_choices(field)
+        if choices is not None:
+            check_choice(getattr(config, field.name), choices, field.name)
+

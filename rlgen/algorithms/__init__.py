@@ -9,9 +9,13 @@ Each algorithm's loss is public too (`reinforce_loss`, `ppo_loss`, `grpo_loss`, 
 """
 
 from rlgen.algorithms.base import Algorithm, TokenCategorical, evaluate_policy
+from rlgen.algorithms.dpo import METRICS as DPO_METRICS
 from rlgen.algorithms.dpo import DPOConfig, DPOState, dpo, dpo_loss, dpo_sequence_loss
+from rlgen.algorithms.grpo import METRICS as GRPO_METRICS
 from rlgen.algorithms.grpo import GRPOConfig, GRPOState, grpo, grpo_loss
+from rlgen.algorithms.ppo import METRICS as PPO_METRICS
 from rlgen.algorithms.ppo import PPOConfig, PPOState, ppo, ppo_loss
+from rlgen.algorithms.reinforce import METRICS as REINFORCE_METRICS
 from rlgen.algorithms.reinforce import (
     REINFORCEConfig,
     REINFORCEState,
@@ -20,6 +24,10 @@ from rlgen.algorithms.reinforce import (
 )
 
 __all__ = [
+    "DPO_METRICS",
+    "GRPO_METRICS",
+    "PPO_METRICS",
+    "REINFORCE_METRICS",
     "Algorithm",
     "DPOConfig",
     "DPOState",

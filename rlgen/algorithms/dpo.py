@@ -1,14 +1,14 @@
 """DPO and its relatives (cDPO, robust DPO, hinge, IPO, SimPO) as an init/update pair.
 
-DPO trains from sequences (SPEC item 6): the batch holds the chosen and rejected
-responses, the policy's sequence log-probs are computed from the parameters (so the
-gradient reaches them), and the reference log-probs come from the batch or from a frozen
-copy of the initial parameters.
+DPO trains from sequences: the batch holds the chosen and rejected responses, the
+policy's sequence log-probs are computed from the parameters (so the gradient reaches
+them), and the reference log-probs come from a frozen copy of the initial parameters or
+from the batch (`reference`, `rlgen.algorithms.reference`).
 
 Sequence batch keys: `chosen_observations`, `chosen_actions`, `rejected_observations`,
 `rejected_actions` (the policy's `log_prob(actions)` is `[B, T]` per token or `[B]`),
 optional `chosen_mask`, `rejected_mask` (`[B, T]` response tokens), and, with
-`ref_source="batch"`, `ref_chosen_log_probs`, `ref_rejected_log_probs` (`[B]`).
+`reference="batch"`, `ref_chosen_log_probs`, `ref_rejected_log_probs` (`[B]`).
 
 Log-prob batch keys (`dpo_loss` only: evaluation, or users who compute log-probs
 themselves): `chosen_log_probs`, `rejected_log_probs` (`[B]`), the two `ref_*` keys unless
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from rlgen import _checks, ops
-from rlgen.algorithms import base
+from rlgen.algorithms import base, reference
 
 _REFS = ("ref_chosen_log_probs", "ref_rejected_log_probs")
 _SEQ_REQUIRED = (
@@ -37,6 +37,15 @@ _SEQ_REQUIRED = (
 _SEQ_OPTIONAL = ("chosen_mask", "rejected_mask", *_REFS)
 _LP_REQUIRED = ("chosen_log_probs", "rejected_log_probs")
 _LP_OPTIONAL = (*_REFS, "chosen_lengths", "rejected_lengths")
+#: The metrics `dpo`, `dpo_loss` and `dpo_sequence_loss` return (0-d float32 arrays).
+METRICS = (
+    "loss",
+    "dpo_loss",
+    "reward_accuracy",
+    "chosen_reward",
+    "rejected_reward",
+    "reward_margin",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +59,7 @@ class DPOConfig:
     Extras: `loss_type` (None: "simpo" if `reference_free` else "sigmoid"; or "robust",
     "hinge", "ipo"), `simpo_gamma=0.5`, `length_normalize=False` (average instead of
     summed token log-probs for sigmoid/robust/hinge; IPO and SimPO always normalise),
-    `ref_source` ("initial": a frozen copy of the params at `init`; "batch": the
+    `reference` ("initial": a frozen copy of the params at `init`; "batch": the
     `ref_*_log_probs` keys), `max_grad_norm` (None: no clipping), `axis_name`.
     """
 
@@ -60,7 +69,7 @@ class DPOConfig:
     loss_type: str | None = None
     simpo_gamma: float = 0.5
     length_normalize: bool = False
-    ref_source: str = "initial"
+    reference: str = _checks.option("initial", reference.SOURCES)
     max_grad_norm: float | None = None
     axis_name: Any = None
 
@@ -90,7 +99,7 @@ class DPOConfig:
                 f"loss_type {self.loss_type!r} is always length-normalised; leave "
                 "`length_normalize` False"
             )
-        _checks.check_choice(self.ref_source, ("initial", "batch"), "ref_source")
+        _checks.check_options(self)
         if self.max_grad_norm is not None:
             _checks.check_range(self.max_grad_norm, "max_grad_norm", 0.0, low_open=True)
 
@@ -100,7 +109,7 @@ class DPOConfig:
 
 
 class DPOState(NamedTuple):
-    """DPO's algorithm state; `ref_params` is `()` unless `ref_source="initial"`."""
+    """DPO's algorithm state; `ref_params` is `()` unless `reference="initial"`."""
 
     params: Any
     opt_state: Any
@@ -167,7 +176,7 @@ def _batch_refs(batch, config):
 
 
 def _reduce(out: ops.PreferenceLoss, axis_name):
-    """Mean over pairs (global under `axis_name`) and the SPEC metric names."""
+    """Mean over pairs (global under `axis_name`), as the metrics of `METRICS`."""
     mean = lambda x: base.pmean(jnp.mean(x), axis_name)  # noqa: E731
     margin = out.chosen_rewards - out.rejected_rewards
     loss = mean(out.losses)
@@ -205,7 +214,7 @@ def dpo_sequence_loss(
       batch: dict with the sequence keys of the module doc.
       policy_fn: `policy_fn(params, observations) -> distrax distribution`.
       config: a `DPOConfig`.
-      ref_params: frozen reference params, needed with `ref_source="initial"`.
+      ref_params: frozen reference params, needed with `reference="initial"`.
 
     Returns:
       `(loss, metrics)` as `dpo_loss`.
@@ -228,42 +237,26 @@ def dpo_sequence_loss(
             f"{list(_SEQ_OPTIONAL)}); use `dpo_loss` to evaluate precomputed log-probs"
         )
     base.check_batch(batch, _SEQ_REQUIRED, _SEQ_OPTIONAL, "DPO")
-    seq = {}
-    for side in ("chosen", "rejected"):
-        seq[side] = _sequence_log_probs(
-            policy_fn,
-            params,
-            batch[f"{side}_observations"],
-            batch[f"{side}_actions"],
-            batch.get(f"{side}_mask"),
-            f"{side}_mask",
-        )
+    if config.uses_reference and config.reference == "initial" and ref_params is None:
+        raise ValueError("DPOConfig(reference='initial') needs `ref_params`")
+
+    def sequence_log_probs(p, side):
+        obs, actions = batch[f"{side}_observations"], batch[f"{side}_actions"]
+        mask, name = batch.get(f"{side}_mask"), f"{side}_mask"
+        return _sequence_log_probs(policy_fn, p, obs, actions, mask, name)
+
+    seq = {side: sequence_log_probs(params, side) for side in ("chosen", "rejected")}
     refs = (None, None)
     if config.uses_reference:
-        if config.ref_source == "batch":
-            refs = _batch_refs(batch, config)
-        else:
-            if any(k.startswith("ref_") for k in batch):
-                raise ValueError(
-                    "DPOConfig.ref_source='initial' computes reference log-probs from the "
-                    "frozen initial params; drop the 'ref_*' batch keys or set "
-                    "ref_source='batch'"
-                )
-            if ref_params is None:
-                raise ValueError("DPOConfig.ref_source='initial' needs `ref_params`")
-            refs = tuple(
-                jax.lax.stop_gradient(
-                    _sequence_log_probs(
-                        policy_fn,
-                        ref_params,
-                        batch[f"{side}_observations"],
-                        batch[f"{side}_actions"],
-                        batch.get(f"{side}_mask"),
-                        f"{side}_mask",
-                    )[0]
-                )
-                for side in ("chosen", "rejected")
-            )
+        refs = reference.values(
+            batch,
+            _REFS,
+            config.reference,
+            ref_params,
+            lambda p: tuple(sequence_log_probs(p, side)[0] for side in ("chosen", "rejected")),
+            required=True,
+            owner="DPOConfig",
+        )
     else:
         _batch_refs(batch, config)  # rejects reference keys for SimPO
     (chosen, len_c), (rejected, len_r) = seq["chosen"], seq["rejected"]
@@ -282,7 +275,7 @@ def dpo(policy_fn, optimizer: optax.GradientTransformation, config: DPOConfig = 
     """DPO (Rafailov et al. 2023, arXiv 2305.18290) as an `Algorithm(init, update)` pair.
 
     `init(params)` keeps a frozen copy of `params` as the reference (with
-    `ref_source="initial"` and a reference-based loss). `update(state, batch)` takes one
+    `reference="initial"` and a reference-based loss). `update(state, batch)` takes one
     optimiser step on `dpo_sequence_loss`.
 
     Example:
@@ -300,10 +293,10 @@ def dpo(policy_fn, optimizer: optax.GradientTransformation, config: DPOConfig = 
     if not isinstance(config, DPOConfig):
         raise TypeError(f"`config` must be a DPOConfig, got {type(config).__name__}")
     tx = base.with_grad_clipping(optimizer, config.max_grad_norm)
-    keep_reference = config.uses_reference and config.ref_source == "initial"
+    keep_reference = config.uses_reference and config.reference == "initial"
 
     def init(params):
-        ref = jax.tree.map(jnp.copy, params) if keep_reference else ()
+        ref = reference.init(params, config.reference, needed=config.uses_reference)
         return DPOState(params, tx.init(params), jnp.zeros((), jnp.int32), ref)
 
     # The loss is differentiated shard-locally; gradients and metrics are averaged over

@@ -11,8 +11,8 @@ The variants users rely on are options of one kernel:
 * `epsilon_high`: clip-higher (DAPO); default `clip_param`. `dual_clip`: dual clipping.
 * `importance_sampling_level`: "token" (GRPO) or "sequence" (GSPO).
 * `kl_estimator`: "k3" (paper), "k2", "k1".
-* `kl_reference`: "batch" (the `ref_log_probs` key turns the penalty on) or "initial"
-  (log-probs of the frozen initial params).
+* `reference`: "batch" (the `ref_log_probs` key turns the penalty on) or "initial"
+  (log-probs of the frozen initial params; `rlgen.algorithms.reference`).
 
 Batch keys: `observations`, `actions` (the policy's `log_prob(actions)` is `[B]` or
 `[B, T]`), `rewards` (`[B]` per completion, or `[B, T]` per step, reduced to the
@@ -32,10 +32,21 @@ import jax.numpy as jnp
 import optax
 
 from rlgen import _checks, ops
-from rlgen.algorithms import base
+from rlgen.algorithms import base, reference
 
 _REQUIRED = ("observations", "actions", "rewards")
 _OPTIONAL = ("log_probs", "ref_log_probs", "mask", "truncated", "group_size")
+#: The metrics `grpo` and `grpo_loss` return (each a 0-d float32 array).
+METRICS = (
+    "loss",
+    "policy_loss",
+    "mean_reward",
+    "group_advantage_std",
+    "kl_penalty",
+    "approx_kl",
+    "entropy",
+    "clip_fraction",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +60,7 @@ class GRPOConfig:
     Extras: `epsilon_high` (clip-higher; None = `clip_param`), `dual_clip`,
     `scale_rewards`, `advantage_eps`, `loss_aggregation`, `max_completion_length` (the
     constant of "sequence-mean-token-sum-norm"; None = T), `importance_sampling_level`,
-    `kl_estimator`, `kl_reference`, `num_iterations` (optimiser steps on each batch, the
+    `kl_estimator`, `reference`, `num_iterations` (optimiser steps on each batch, the
     paper's mu), `gradient_accumulation_steps` (micro-batches per optimiser step, exact for
     every aggregation), `mask_truncated_completions` (drop rows flagged in the batch's
     `truncated` key from the loss), `max_grad_norm` (None: no clipping) and `axis_name`
@@ -64,13 +75,13 @@ class GRPOConfig:
     gamma: float = 0.99
     epsilon_high: float | None = None
     dual_clip: float | None = None
-    scale_rewards: str = "group"
+    scale_rewards: str = _checks.option("group", ops.ADVANTAGE_SCALES)
     advantage_eps: float = 1e-4
-    loss_aggregation: str = "sequence-mean-token-mean"
+    loss_aggregation: str = _checks.option("sequence-mean-token-mean", ops.AGGREGATION_MODES)
     max_completion_length: int | None = None
-    importance_sampling_level: str = "token"
-    kl_estimator: str = "k3"
-    kl_reference: str = "batch"
+    importance_sampling_level: str = _checks.option("token", ops.RATIO_LEVELS)
+    kl_estimator: str = _checks.option("k3", ops.KL_ESTIMATORS)
+    reference: str = _checks.option("batch", reference.SOURCES)
     num_iterations: int = 1
     gradient_accumulation_steps: int = 1
     mask_truncated_completions: bool = False
@@ -87,16 +98,13 @@ class GRPOConfig:
             _checks.check_range(self.epsilon_high, "epsilon_high", 0.0)
         if self.dual_clip is not None:
             _checks.check_range(self.dual_clip, "dual_clip", 1.0, low_open=True)
-        _checks.check_choice(self.scale_rewards, ("group", "batch", "none"), "scale_rewards")
+        object.__setattr__(
+            self, "loss_aggregation", base.check_aggregation(self.loss_aggregation)
+        )
+        _checks.check_options(self)
         _checks.check_range(self.advantage_eps, "advantage_eps", 0.0)
-        base.check_aggregation(self.loss_aggregation)
         if self.max_completion_length is not None:
             _checks.check_positive_int(self.max_completion_length, "max_completion_length")
-        _checks.check_choice(
-            self.importance_sampling_level, ("token", "sequence"), "importance_sampling_level"
-        )
-        _checks.check_choice(self.kl_estimator, ops.KL_ESTIMATORS, "kl_estimator")
-        _checks.check_choice(self.kl_reference, ("batch", "initial"), "kl_reference")
         _checks.check_positive_int(self.num_iterations, "num_iterations")
         _checks.check_positive_int(
             self.gradient_accumulation_steps, "gradient_accumulation_steps"
@@ -113,7 +121,7 @@ class GRPOState(NamedTuple):
     params: Any
     opt_state: Any
     step: jax.Array
-    ref_params: Any  # frozen initial params with kl_reference="initial", else ()
+    ref_params: Any  # frozen initial params with reference="initial", else ()
 
 
 class _Prepared(NamedTuple):
@@ -181,26 +189,25 @@ def _prepare(params, ref_params, batch, policy_fn, config) -> tuple[_Prepared, d
             "batch key 'truncated' is only used with GRPOConfig.mask_truncated_completions=True"
         )
 
-    def batch_log_probs(key):
-        x = jnp.asarray(batch[key])
+    def checked_log_probs(x, key):
+        x = jnp.asarray(x)
         _checks.check_float(x, key)
         _checks.check_shape(x, log_probs.shape, key, "the policy's log_prob(actions)")
         return jax.lax.stop_gradient(_as_tokens(x, batch_size).astype(lp.dtype))
 
-    old = batch_log_probs("log_probs") if "log_probs" in batch else jax.lax.stop_gradient(lp)
-    if config.kl_reference == "initial":
-        if "ref_log_probs" in batch:
-            raise ValueError(
-                "GRPOConfig.kl_reference='initial' computes reference log-probs from the "
-                "frozen initial params; drop the batch key 'ref_log_probs' or use "
-                "kl_reference='batch'"
-            )
-        ref_lp, _ = base.evaluate_policy(policy_fn, ref_params, obs, actions)
-        ref = jax.lax.stop_gradient(_as_tokens(ref_lp, batch_size))
-    elif "ref_log_probs" in batch:
-        ref = batch_log_probs("ref_log_probs")
-    else:
-        ref = None
+    old = jax.lax.stop_gradient(lp)  # on-policy by default: the policy before this update
+    if "log_probs" in batch:
+        old = checked_log_probs(batch["log_probs"], "log_probs")
+    ref = reference.values(
+        batch,
+        ("ref_log_probs",),
+        config.reference,
+        ref_params,
+        lambda p: (base.evaluate_policy(policy_fn, p, obs, actions)[0],),
+        required=False,
+        owner="GRPOConfig",
+    )
+    ref = None if ref is None else checked_log_probs(ref[0], "ref_log_probs")
     prepared = _Prepared(
         obs, actions, jnp.broadcast_to(advantages[:, None], lp.shape), old, ref, mask
     )
@@ -292,10 +299,10 @@ def grpo_loss(params, batch, policy_fn, config: GRPOConfig = GRPOConfig(), *, re
       batch: dict with the keys in the module doc.
       policy_fn: `policy_fn(params, observations) -> distrax distribution`.
       config: a `GRPOConfig`.
-      ref_params: frozen reference params, needed with `kl_reference="initial"`.
+      ref_params: frozen reference params, needed with `reference="initial"`.
 
     Returns:
-      `(loss, metrics)`: a scalar and the metrics dict (SPEC item 2 names).
+      `(loss, metrics)`: a scalar and the metrics dict (`METRICS`).
 
     Example:
       >>> import distrax
@@ -306,8 +313,8 @@ def grpo_loss(params, batch, policy_fn, config: GRPOConfig = GRPOConfig(), *, re
       >>> float(m["mean_reward"])
       0.25
     """
-    if config.kl_reference == "initial" and ref_params is None:
-        raise ValueError("GRPOConfig.kl_reference='initial' needs `ref_params`")
+    if config.reference == "initial" and ref_params is None:
+        raise ValueError("GRPOConfig(reference='initial') needs `ref_params`")
     prepared, stats = _prepare(params, ref_params, batch, policy_fn, config)
     loss, metrics = _loss(
         params, prepared, policy_fn, config, _norm(config, prepared), _counts(config, prepared)
@@ -337,7 +344,7 @@ def _split(tree, parts):
 def grpo(policy_fn, optimizer: optax.GradientTransformation, config: GRPOConfig = GRPOConfig()):
     """GRPO as an `Algorithm(init, update)` pair (DeepSeekMath, arXiv 2402.03300).
 
-    `init(params)` captures the optimiser state (and, with `kl_reference="initial"`, a
+    `init(params)` captures the optimiser state (and, with `reference="initial"`, a
     frozen copy of `params` as the reference). `update(state, batch)` computes group
     advantages once, then takes `num_iterations` optimiser steps on the batch, each
     accumulating `gradient_accumulation_steps` micro-batches exactly, and returns the
@@ -359,7 +366,7 @@ def grpo(policy_fn, optimizer: optax.GradientTransformation, config: GRPOConfig 
     tx = base.with_grad_clipping(optimizer, config.max_grad_norm)
 
     def init(params):
-        ref = jax.tree.map(jnp.copy, params) if config.kl_reference == "initial" else ()
+        ref = reference.init(params, config.reference)
         return GRPOState(params, tx.init(params), jnp.zeros((), jnp.int32), ref)
 
     def update(state: GRPOState, batch):

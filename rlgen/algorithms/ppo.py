@@ -47,6 +47,17 @@ from rlgen.algorithms import base
 _REQUIRED = ("observations", "actions", "rewards", "values", "log_probs", "dones")
 _OPTIONAL = ("mask",)
 _AGG = "token-mean"
+#: The metrics `ppo` and `ppo_loss` return (each a 0-d float32 array).
+METRICS = (
+    "loss",
+    "policy_loss",
+    "value_loss",
+    "entropy",
+    "mean_reward",
+    "advantage_mean",
+    "kl_divergence",
+    "clip_fraction",
+)
 
 
 def _check_axis_name(axis_name) -> None:

@@ -20,7 +20,9 @@ from rlgen.algorithms import base
 
 _REQUIRED = ("observations", "actions", "rewards")
 _OPTIONAL = ("dones", "mask", "group_size")
-_BASELINES = ("none", "mean", "rloo")
+BASELINES = ("none", "mean", "rloo")
+#: The metrics `reinforce` and `reinforce_loss` return (each a 0-d float32 array).
+METRICS = ("loss", "policy_loss", "entropy", "mean_reward", "reward_std")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,9 +43,9 @@ class REINFORCEConfig:
     gamma: float = 0.99
     normalize_returns: bool = True
     entropy_coeff: float = 0.01
-    baseline: str = "none"
+    baseline: str = _checks.option("none", BASELINES)
     num_generations: int = 4
-    loss_aggregation: str = "sequence-mean-token-sum"
+    loss_aggregation: str = _checks.option("sequence-mean-token-sum", ops.AGGREGATION_MODES)
     max_grad_norm: float | None = None
     axis_name: Any = None
 
@@ -52,11 +54,13 @@ class REINFORCEConfig:
         if not isinstance(self.normalize_returns, bool):
             raise TypeError("`normalize_returns` must be a bool")
         _checks.check_range(self.entropy_coeff, "entropy_coeff", 0.0)
-        _checks.check_choice(self.baseline, _BASELINES, "baseline")
+        object.__setattr__(
+            self, "loss_aggregation", base.check_aggregation(self.loss_aggregation)
+        )
+        _checks.check_options(self)
         _checks.check_positive_int(self.num_generations, "num_generations")
         if self.baseline == "rloo" and self.num_generations < 2:
             raise ValueError("baseline='rloo' needs `num_generations` >= 2")
-        base.check_aggregation(self.loss_aggregation)
         if self.max_grad_norm is not None:
             _checks.check_range(self.max_grad_norm, "max_grad_norm", 0.0, low_open=True)
 

@@ -202,19 +202,3 @@ def to_host(metrics: Mapping[str, Any]) -> dict[str, Any]:
             ) from err
         out[k] = float(arr.reshape(())) if arr.size == 1 else arr.tolist()
     return out
-
-
-def check_int(x: Any, name: str, low: int | None = None) -> int:
-    """Raises unless `x` is a Python int (not bool) >= `low`; returns it."""
-    if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
-        raise TypeError(f"`{name}` must be an int, got {type(x).__name__} {x!r}")
-    if low is not None and x < low:
-        raise ValueError(f"`{name}` must be >= {low}, got {x}")
-    return int(x)
-
-
-def check_bool(x: Any, name: str) -> bool:
-    """Raises TypeError unless `x` is a bool; returns it."""
-    if not isinstance(x, bool):
-        raise TypeError(f"`{name}` must be a bool, got {type(x).__name__} {x!r}")
-    return x

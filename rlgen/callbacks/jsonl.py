@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from rlgen import _checks
 from rlgen.callbacks import base
 
 _RESERVED = ("step", "time", "epoch")
@@ -72,7 +73,7 @@ class JSONLLogger(base.Callback):
         if not isinstance(path, (str, os.PathLike)) or str(path) == "":
             raise TypeError(f"`path` must be a non-empty path (str or os.PathLike), got {path!r}")
         self.path = Path(path)
-        self.every_n_steps = base.check_int(every_n_steps, "every_n_steps", low=1)
+        self.every_n_steps = _checks.check_int(every_n_steps, "every_n_steps", low=1)
         fields = dict(fields or {})
         clash = [k for k in fields if k in _RESERVED]
         if clash:
@@ -117,7 +118,7 @@ class JSONLLogger(base.Callback):
 
     def on_train_batch_end(self, trainer: Any, metrics: Mapping[str, Any], step: int) -> None:
         base.check_metrics(metrics)
-        step = base.check_int(step, "step")
+        step = _checks.check_int(step, "step")
         if step % self.every_n_steps == 0:
             self._write({"step": step}, metrics)
 
@@ -125,7 +126,7 @@ class JSONLLogger(base.Callback):
         if metrics is None:  # an epoch without steps
             return
         base.check_metrics(metrics)
-        head: dict[str, Any] = {"epoch": base.check_int(epoch, "epoch")}
+        head: dict[str, Any] = {"epoch": _checks.check_int(epoch, "epoch")}
         step = getattr(trainer, "step", None)
         if isinstance(step, int):
             head["step"] = step

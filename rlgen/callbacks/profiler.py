@@ -9,6 +9,7 @@ from typing import Any
 
 import jax
 
+from rlgen import _checks
 from rlgen.callbacks import base
 
 
@@ -42,13 +43,13 @@ class ProfilingConfig:
     def __post_init__(self):
         if not isinstance(self.log_dir, (str, os.PathLike)) or str(self.log_dir) == "":
             raise TypeError(f"`log_dir` must be a non-empty path, got {self.log_dir!r}")
-        base.check_int(self.start_step, "start_step", low=0)
-        base.check_int(self.end_step, "end_step")
+        _checks.check_int(self.start_step, "start_step", low=0)
+        _checks.check_int(self.end_step, "end_step")
         if self.end_step <= self.start_step:
             raise ValueError(
                 f"`end_step` must be > `start_step` ({self.start_step}), got {self.end_step}"
             )
-        base.check_bool(self.create_perfetto_trace, "create_perfetto_trace")
+        _checks.check_bool(self.create_perfetto_trace, "create_perfetto_trace")
 
 
 class JAXProfiler(base.Callback):

@@ -18,6 +18,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from rlgen import _checks
 from rlgen.callbacks import base
 
 # The clock the bar reads; a module attribute so tests can drive it.
@@ -103,8 +104,8 @@ class ProgressBarCallback(base.Callback):
         if not refresh_every_s > 0:
             raise ValueError(f"`refresh_every_s` must be > 0, got {refresh_every_s}")
         if total is not None:
-            base.check_int(total, "total", low=1)
-        base.check_bool(disable, "disable")
+            _checks.check_int(total, "total", low=1)
+        _checks.check_bool(disable, "disable")
         if console is not None and not isinstance(console, Console):
             raise TypeError(
                 f"`console` must be a rich.console.Console, got {type(console).__name__}"
@@ -126,7 +127,7 @@ class ProgressBarCallback(base.Callback):
         num_steps = getattr(trainer, "num_steps", None)
         if num_steps is None:
             return None
-        return base.check_int(num_steps, "trainer.num_steps", low=0)
+        return _checks.check_int(num_steps, "trainer.num_steps", low=0)
 
     def on_train_begin(self, trainer: Any) -> None:
         if self.disable:

@@ -67,7 +67,7 @@ class WandbLoggerConfig:
                 raise TypeError(f"`{field}` must be a str or None, got {value!r}")
         if self.config is not None and not isinstance(self.config, Mapping):
             raise TypeError(f"`config` must be a dict or None, got {type(self.config).__name__}")
-        base.check_int(self.log_every_n_steps, "log_every_n_steps", low=1)
+        _checks.check_int(self.log_every_n_steps, "log_every_n_steps", low=1)
         if self.mode is not None:
             _checks.check_choice(self.mode, _MODES, "mode")
         if self.dir is not None and not isinstance(self.dir, (str, os.PathLike)):
@@ -131,7 +131,7 @@ class WandbLoggerCallback(base.Callback):
 
     def on_train_batch_end(self, trainer: Any, metrics: Mapping[str, Any], step: int) -> None:
         base.check_metrics(metrics)
-        step = base.check_int(step, "step")
+        step = _checks.check_int(step, "step")
         if self.run is None:
             raise RuntimeError(
                 "WandbLoggerCallback.on_train_begin was not called before a batch end"

@@ -7,6 +7,7 @@ asked (see `aggregate`); errors at trace time. The reference guide's six utiliti
 here under their names, built on the general kernels.
 """
 
+from rlgen.ops.advantages import SCALES as ADVANTAGE_SCALES
 from rlgen.ops.advantages import (
     group_advantages,
     masked_moments,
@@ -33,6 +34,7 @@ from rlgen.ops.logprobs import (
     token_log_probs_from_hidden,
     token_log_probs_memory_light,
 )
+from rlgen.ops.policy import LEVELS as RATIO_LEVELS
 from rlgen.ops.policy import (
     ClippedSurrogate,
     clipped_surrogate_loss,
@@ -52,9 +54,11 @@ from rlgen.ops.returns import (
 )
 
 __all__ = [
+    "ADVANTAGE_SCALES",
     "AGGREGATION_MODES",
     "KL_ESTIMATORS",
     "PREFERENCE_LOSS_TYPES",
+    "RATIO_LEVELS",
     "ClippedSurrogate",
     "PreferenceLoss",
     "aggregate",

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from rlgen import _checks
 
-_SCALES = ("group", "batch", "none")
+SCALES = ("group", "batch", "none")
 
 
 def _psum(x, axis_name):
@@ -151,7 +151,7 @@ def group_advantages(rewards, group_size, *, scale="group", eps=1e-4, ddof=1, ax
     Reference: Shao et al. 2024, DeepSeekMath (arXiv 2402.03300); Liu et al. 2025,
     Understanding R1-Zero-Like Training (arXiv 2503.20783).
     """
-    _checks.check_choice(scale, _SCALES, "scale")
+    _checks.check_choice(scale, SCALES, "scale")
     _checks.check_range(eps, "eps", 0.0)
     _checks.check_range(ddof, "ddof", 0.0)
     r = _grouped(rewards, group_size)

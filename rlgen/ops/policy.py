@@ -16,7 +16,7 @@ from rlgen import _checks
 from rlgen.ops.aggregation import aggregate
 from rlgen.ops.logprobs import masked_mean
 
-_LEVELS = ("token", "sequence")
+LEVELS = ("token", "sequence")
 MAX_LOG_RATIO = 20.0
 
 
@@ -65,7 +65,7 @@ def importance_log_ratio(log_probs, old_log_probs, mask=None, *, level="token"):
     Reference: Schulman et al. 2017, PPO (arXiv 1707.06347); Zheng et al. 2025, Group
     Sequence Policy Optimization (arXiv 2507.18071).
     """
-    _checks.check_choice(level, _LEVELS, "level")
+    _checks.check_choice(level, LEVELS, "level")
     log_probs, old_log_probs = _float_pair(log_probs, old_log_probs)
     m = _checks.as_mask(mask, log_probs.shape, "mask", "log_probs")
     valid = m > 0

@@ -196,7 +196,7 @@ class AdditionConfig:
             epsilon_high=self.epsilon_high,
             beta=self.beta,
             kl_estimator=self.kl_estimator,
-            kl_reference="initial",
+            reference="initial",
             loss_aggregation=self.loss_aggregation,
             scale_rewards=self.scale_rewards,
             num_iterations=self.num_iterations,

@@ -222,7 +222,7 @@ class DPOTrainer(_AlgorithmTrainer):
     ``DPOTrainer(model, optimizer, config)``. ``train_step(batch)`` takes sequences
     (SPEC item 6): ``chosen_observations, chosen_actions, rejected_observations,
     rejected_actions`` (optional ``chosen_mask, rejected_mask``; with
-    ``ref_source="batch"`` also ``ref_chosen_log_probs, ref_rejected_log_probs``). The
+    ``reference="batch"`` also ``ref_chosen_log_probs, ref_rejected_log_probs``). The
     reference is by default a frozen copy of the model at construction. Given only
     log-probs it raises a ValueError naming the keys it needs. Metrics: ``loss, dpo_loss,
     reward_accuracy, chosen_reward, rejected_reward, reward_margin``.

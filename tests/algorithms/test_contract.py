@@ -144,7 +144,7 @@ CASES = {
         rl_batch,
     ),
     "grpo-gspo": ("grpo", A.grpo, A.GRPOConfig(importance_sampling_level="sequence"), rl_batch),
-    "grpo-kl-initial": ("grpo", A.grpo, A.GRPOConfig(kl_reference="initial"), rl_batch),
+    "grpo-kl-initial": ("grpo", A.grpo, A.GRPOConfig(reference="initial"), rl_batch),
     "grpo-iterations": (
         "grpo",
         A.grpo,

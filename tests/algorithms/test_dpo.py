@@ -128,7 +128,7 @@ def test_sequence_loss_matches_numpy(name):
                 PARAMS,
                 seq_batch(**ref_keys()),
                 probe_fn,
-                dataclasses.replace(config, ref_source="batch"),
+                dataclasses.replace(config, reference="batch"),
             ),
         ]
     else:
@@ -142,7 +142,7 @@ def test_sequence_loss_matches_numpy(name):
 
 
 def test_length_normalize_changes_the_loss_as_documented():
-    summed = A.DPOConfig(beta=0.5, ref_source="batch")
+    summed = A.DPOConfig(beta=0.5, reference="batch")
     averaged = dataclasses.replace(summed, length_normalize=True)
     loss_sum, _ = A.dpo_sequence_loss(PARAMS, seq_batch(**ref_keys()), probe_fn, summed)
     loss_avg, _ = A.dpo_sequence_loss(PARAMS, seq_batch(**ref_keys()), probe_fn, averaged)
@@ -228,8 +228,8 @@ def test_only_log_prob_keys_name_the_sequence_keys_needed():
         jax.jit(algo.update)(algo.init(PARAMS), lp_batch)
 
 
-def test_ref_source_batch_requires_the_reference_keys():
-    algo = A.dpo(probe_fn, optax.sgd(0.1), A.DPOConfig(ref_source="batch"))
+def test_reference_batch_requires_the_reference_keys():
+    algo = A.dpo(probe_fn, optax.sgd(0.1), A.DPOConfig(reference="batch"))
     assert algo.init(PARAMS).ref_params == ()  # nothing frozen: the batch brings it
     with pytest.raises(ValueError, match=r"\['ref_chosen_log_probs', 'ref_rejected_log_probs'\]"):
         jax.eval_shape(algo.update, algo.init(PARAMS), seq_batch())
@@ -244,9 +244,9 @@ def test_ref_source_batch_requires_the_reference_keys():
         )
 
 
-def test_ref_source_initial_rejects_reference_keys():
+def test_reference_initial_rejects_reference_keys():
     algo = A.dpo(probe_fn, optax.sgd(0.1), A.DPOConfig())
-    with pytest.raises(ValueError, match="ref_source"):
+    with pytest.raises(ValueError, match="reference"):
         jax.eval_shape(algo.update, algo.init(PARAMS), seq_batch(**ref_keys()))
     with pytest.raises(ValueError, match="ref_params"):
         A.dpo_sequence_loss(PARAMS, seq_batch(), probe_fn, A.DPOConfig())
@@ -342,7 +342,7 @@ DPO_BAD_FIELDS = [
     ({"reference_free": True, "simpo_gamma": "0.5"}, TypeError, "simpo_gamma"),
     ({"length_normalize": 1}, TypeError, "length_normalize"),
     ({"loss_type": "ipo", "length_normalize": True}, ValueError, "length_normalize"),
-    ({"ref_source": "model"}, ValueError, "ref_source"),
+    ({"reference": "model"}, ValueError, "reference"),
     ({"max_grad_norm": 0.0}, ValueError, "max_grad_norm"),
 ]
 

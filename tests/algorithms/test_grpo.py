@@ -218,8 +218,8 @@ def test_ref_log_probs_turn_the_kl_penalty_on(estimator):
     np.testing.assert_allclose(with_ref - without, 0.3 * expected, rtol=1e-4, atol=1e-7)
 
 
-def test_kl_reference_initial_uses_the_frozen_initial_params():
-    config = A.GRPOConfig(kl_reference="initial", beta=0.5, loss_aggregation="token-mean")
+def test_reference_initial_uses_the_frozen_initial_params():
+    config = A.GRPOConfig(reference="initial", beta=0.5, loss_aggregation="token-mean")
     algo = A.grpo(probe_fn, optax.sgd(1.0), config)
     state = algo.init(PARAMS)
     b = batch(mask=MASK)
@@ -243,7 +243,7 @@ def test_kl_reference_initial_uses_the_frozen_initial_params():
         PARAMS,
         batch(mask=MASK, ref_log_probs=ref),
         probe_fn,
-        dataclasses.replace(config, kl_reference="batch"),
+        dataclasses.replace(config, reference="batch"),
     )
     np.testing.assert_allclose(via_params[0], via_batch[0], rtol=1e-6)
 
@@ -465,7 +465,7 @@ GRPO_BAD_FIELDS = [
     ("max_completion_length", 0, ValueError),
     ("importance_sampling_level", "tokens", ValueError),
     ("kl_estimator", "k4", ValueError),
-    ("kl_reference", "ref", ValueError),
+    ("reference", "ref", ValueError),
     ("num_iterations", 0, ValueError),
     ("gradient_accumulation_steps", 0, ValueError),
     ("gradient_accumulation_steps", 1.5, TypeError),

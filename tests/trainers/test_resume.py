@@ -30,7 +30,7 @@ _SCRIPT = textwrap.dedent(
         rngs=nnx.Rngs(0), sampling=SamplingConfig(max_new_tokens=3))
     trainer = rlgen.GRPOTrainer(
         lm, nnx.Optimizer(lm, optax.adamw(3e-3), wrt=nnx.Param),
-        rlgen.GRPOConfig(num_generations=4, kl_reference="initial", beta=0.05), seed=7)
+        rlgen.GRPOConfig(num_generations=4, reference="initial", beta=0.05), seed=7)
     data = [{"observations": np.asarray(jax.random.randint(jax.random.key(i), (4, 4), 0, 8))}
             for i in range(20)]
     reward = lambda s, c=None: jnp.mean((s == c[:, -1:]).astype(jnp.float32), axis=-1)
