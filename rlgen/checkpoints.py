@@ -18,11 +18,14 @@ Used by `rlgen.trainers.Trainer` (``save_checkpoint``/``restore_checkpoint``) an
 from __future__ import annotations
 
 import os
+import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from rlgen import _checks
@@ -246,3 +249,78 @@ def restore_checkpoint(directory: str | os.PathLike, like: Any) -> Any:
     restored = checkpointer.restore(path, args=ocp.args.StandardRestore(restore_target(like)))
     checkpointer.close()
     return match_keys(restored, like)
+
+
+# -- the flat form of a training state -------------------------------------------------------
+
+
+def _is_typed_key(x: Any) -> bool:
+    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _entry_name(index: int, path) -> str:
+    """A checkpoint-safe, unique name for one leaf: its index and a sanitised key path."""
+    text = re.sub(r"[^A-Za-z0-9]+", "_", jax.tree_util.keystr(path)).strip("_")
+    return f"{index:05d}_{text}"
+
+
+def flatten_state(tree: Any) -> dict[str, Any]:
+    """A pytree of arrays as a flat ``{name: array}`` dict; typed PRNG keys as key data.
+
+    Names are stable and readable: the leaf's index and its key path
+    (``"00003_state_params_kernel"``), so a checkpoint lists what it holds. The inverse
+    is `unflatten_state`.
+
+    Example:
+      >>> flatten_state({"w": jnp.ones(2), "key": jax.random.key(0)})  # doctest: +ELLIPSIS
+      {'00000_key': Array([0, 0], dtype=uint32), '00001_w': Array([1., 1.], dtype=float32)}
+    """
+    flat = jax.tree_util.tree_leaves_with_path(tree)
+    return {
+        _entry_name(i, path): jax.random.key_data(leaf) if _is_typed_key(leaf) else leaf
+        for i, (path, leaf) in enumerate(flat)
+    }
+
+
+def unflatten_state(flat: Mapping[str, Any], like: Any) -> Any:
+    """The tree `like` with the values of a `flatten_state` dict, checked entry by entry.
+
+    Every entry must be there with the shape and dtype of ``flatten_state(like)``; typed
+    PRNG keys come back as typed keys of ``like``'s implementation.
+
+    Raises:
+      ValueError: naming the missing, extra or mismatched entries (nothing is cast).
+
+    Example:
+      >>> like = {"w": jnp.zeros(2), "key": jax.random.key(0)}
+      >>> tree = unflatten_state(flatten_state({"w": jnp.ones(2), "key": jax.random.key(7)}), like)
+      >>> tree["w"], jax.random.key_data(tree["key"])
+      (Array([1., 1.], dtype=float32), Array([0, 7], dtype=uint32))
+    """
+    expected = flatten_state(like)
+    if not isinstance(flat, Mapping) or set(flat) != set(expected):
+        got = sorted(flat) if isinstance(flat, Mapping) else type(flat).__name__
+        missing = sorted(set(expected) - set(flat)) if isinstance(flat, Mapping) else []
+        extra = sorted(set(flat) - set(expected)) if isinstance(flat, Mapping) else []
+        raise ValueError(
+            f"checkpoint does not match: expected {len(expected)} entries, missing "
+            f"{missing[:5]}, unexpected {extra[:5]}; got "
+            f"{got if isinstance(got, str) else len(got)} entries"
+        )
+    for name, want in expected.items():
+        value = flat[name]
+        shape, dtype = np.shape(value), np.asarray(value).dtype
+        if shape != tuple(want.shape) or dtype != want.dtype:
+            raise ValueError(
+                f"checkpoint entry {name!r} has shape {shape} and dtype {dtype}; "
+                f"expected {tuple(want.shape)} {want.dtype}"
+            )
+    leaves, treedef = jax.tree.flatten(like)
+    values = [jnp.asarray(flat[k]) for k in expected]
+    return jax.tree.unflatten(
+        treedef,
+        [
+            jax.random.wrap_key_data(v, impl=jax.random.key_impl(old)) if _is_typed_key(old) else v
+            for old, v in zip(leaves, values, strict=True)
+        ],
+    )

@@ -4,15 +4,26 @@
     state = algo.init(params)
     state, metrics = jax.jit(algo.update)(state, batch)
 
-Each algorithm's loss is public too (`reinforce_loss`, `ppo_loss`, `grpo_loss`, `dpo_loss`,
-`dpo_sequence_loss`) for users who own their optimiser step.
+The RL algorithms (`reinforce`, `ppo`, `grpo`, `dpo`) and `supervised` (a loss minimised by
+gradient descent: the generative families' pretraining) share one state protocol, written
+down in `rlgen.algorithms.base`. Each algorithm's loss is public too (`reinforce_loss`,
+`ppo_loss`, `grpo_loss`, `dpo_loss`, `dpo_sequence_loss`) for users who own their
+optimiser step, and each defines its metric names once (`GRPO_METRICS`, ...).
 """
 
-from rlgen.algorithms.base import Algorithm, TokenCategorical, evaluate_policy
+from rlgen.algorithms import reference
+from rlgen.algorithms.base import (
+    STATE_FIELDS,
+    Algorithm,
+    check_state,
+    ema_update,
+    per_model,
+)
 from rlgen.algorithms.dpo import METRICS as DPO_METRICS
 from rlgen.algorithms.dpo import DPOConfig, DPOState, dpo, dpo_loss, dpo_sequence_loss
 from rlgen.algorithms.grpo import METRICS as GRPO_METRICS
 from rlgen.algorithms.grpo import GRPOConfig, GRPOState, grpo, grpo_loss
+from rlgen.algorithms.policy import TokenCategorical, evaluate_policy
 from rlgen.algorithms.ppo import METRICS as PPO_METRICS
 from rlgen.algorithms.ppo import PPOConfig, PPOState, ppo, ppo_loss
 from rlgen.algorithms.reinforce import METRICS as REINFORCE_METRICS
@@ -22,12 +33,14 @@ from rlgen.algorithms.reinforce import (
     reinforce,
     reinforce_loss,
 )
+from rlgen.algorithms.supervised import SupervisedState, supervised
 
 __all__ = [
     "DPO_METRICS",
     "GRPO_METRICS",
     "PPO_METRICS",
     "REINFORCE_METRICS",
+    "STATE_FIELDS",
     "Algorithm",
     "DPOConfig",
     "DPOState",
@@ -37,15 +50,21 @@ __all__ = [
     "PPOState",
     "REINFORCEConfig",
     "REINFORCEState",
+    "SupervisedState",
     "TokenCategorical",
+    "check_state",
     "dpo",
     "dpo_loss",
     "dpo_sequence_loss",
+    "ema_update",
     "evaluate_policy",
     "grpo",
     "grpo_loss",
+    "per_model",
     "ppo",
     "ppo_loss",
+    "reference",
     "reinforce",
     "reinforce_loss",
+    "supervised",
 ]

@@ -1,14 +1,35 @@
-"""What every algorithm shares: the `Algorithm` pair, the policy protocol, optimiser
-steps, batch checks, data-parallel reductions and the non-finite-reward guard.
+"""What every algorithm shares: the `Algorithm` pair, the state protocol, optimiser steps,
+batch checks, data-parallel reductions and the non-finite-reward guard.
 
-The policy protocol (the one place it is defined):
+The state protocol
+==================
 
-* `policy_fn(params, observations)` returns a `distrax.Distribution` over actions whose
-  `log_prob(actions)` has the batch shape of the actions (`[B]` for one action per sample,
-  `[B, T]` for token sequences) and whose `entropy()` has the same shape. PPO's
-  `policy_fn` returns `(distribution, values)` with `values` shaped like the log-probs.
-* For sequence models, `TokenCategorical(logits)` wraps `[B, T, V]` logits as such a
-  distribution with memory-light log-probs and fused entropies (`rlgen.ops`).
+An algorithm is a pair of pure functions, ``state = init(params)`` and
+``state, metrics = update(state, batch)``, in the manner of an optax transformation. Its
+state is a NamedTuple of arrays whose structure, shapes and dtypes never change from one
+update to the next, so it can be a `lax.scan` carry, be vmapped, sharded and saved. Every
+state begins with the same three fields (`check_state` checks them):
+
+* ``params``: the trained parameters, a pytree of arrays; for an algorithm that trains
+  several models (a GAN's generator and discriminator) a dict ``{name: params}``.
+* ``opt_state``: the optimiser state of ``params``: one optax state, or, with one
+  transformation per model (`per_model`), a dict ``{name: state}``; stateless wrappers
+  (gradient clipping) may be chained around it.
+* ``step``: an int32 scalar, the number of ``update`` calls so far.
+
+A family adds what else it needs as further fields, after these three:
+
+* ``key``: a PRNG key, split inside ``update`` for each random draw (PPO's minibatch
+  shuffling, the noise of a denoising loss): the next update's randomness is part of the
+  state, so a saved state resumes exactly.
+* ``ref_params``: a frozen reference or teacher (`rlgen.algorithms.reference`).
+* anything else carried from update to update: an exponential moving average of the
+  parameters (`ema_update`), a persistent buffer (an energy model's replay buffer of
+  negatives), counters.
+
+The trainers (`rlgen.trainers.Trainer`) rely on nothing more: after each update they write
+``params`` into the NNX models and ``opt_state`` into the ``nnx.Optimizer`` s, and keep the
+whole state, every added field included, in ``trainer.state`` and in its checkpoints.
 """
 
 from __future__ import annotations
@@ -17,7 +38,6 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-import distrax
 import jax
 import jax.numpy as jnp
 import optax
@@ -41,72 +61,91 @@ class Algorithm(NamedTuple):
     update: Callable[[Any, Batch], tuple[Any, Metrics]]
 
 
-class TokenCategorical(distrax.Categorical):
-    """A categorical over `[..., V]` logits whose `log_prob` never forms a log-softmax.
+#: The fields every algorithm state begins with (the module doc's state protocol).
+STATE_FIELDS = ("params", "opt_state", "step")
 
-    `log_prob(actions)` is `rlgen.ops.token_log_probs_memory_light` and `entropy()` is the
-    fused `rlgen.ops.token_entropy`, both in float32 for bfloat16 logits; everything else
-    is `distrax.Categorical`. Unlike `distrax.Categorical`, the constructor keeps the raw
-    logits (`.logits` is not normalised): distrax would store `log_softmax(logits)`, a
-    full `[..., V]` array computed in the logits' dtype (bfloat16 rounding of every
-    log-prob).
+
+def check_state(state, who: str = "the algorithm's init") -> None:
+    """Raises TypeError unless ``state`` is a NamedTuple beginning with `STATE_FIELDS`.
 
     Example:
-      >>> d = TokenCategorical(jnp.zeros((2, 3, 4)))
-      >>> d.log_prob(jnp.zeros((2, 3), jnp.int32)).shape, d.entropy()[0, 0].round(4)
-      ((2, 3), Array(1.3863, dtype=float32))
+      >>> class MyState(NamedTuple):
+      ...     params: Any
+      ...     opt_state: Any
+      ...     step: jax.Array
+      ...     ema_params: Any
+      >>> check_state(MyState(jnp.ones(2), (), jnp.zeros((), jnp.int32), jnp.ones(2)))
+      >>> check_state({"params": 1})  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      TypeError: the algorithm's init must return a NamedTuple whose first fields are ...
     """
-
-    def __init__(self, logits, dtype=int):
-        distrax.Distribution.__init__(self)
-        self._logits = jnp.asarray(logits)  # raw: every method normalises them itself
-        self._probs = None
-        self._dtype = dtype
-
-    def log_prob(self, value):
-        return ops.token_log_probs_memory_light(self.logits, jnp.asarray(value).astype(jnp.int32))
-
-    def entropy(self):
-        return ops.token_entropy(self.logits)
-
-
-def evaluate_policy(policy_fn, params, observations, actions, *, with_values=False):
-    """Calls the policy and returns `(log_probs, entropy[, values])` as float32 arrays.
-
-    Raises a TypeError that says what is missing when `policy_fn` does not follow the
-    protocol (module doc).
-    """
-    out = policy_fn(params, observations)
-    values = None
-    if with_values:
-        if not (isinstance(out, tuple) and len(out) == 2):
-            raise TypeError(
-                "PPO's `policy_fn(params, observations)` must return `(distribution, values)`; "
-                f"got {type(out).__name__}"
-            )
-        out, values = out
-    if not (hasattr(out, "log_prob") and hasattr(out, "entropy")):
+    fields = getattr(type(state), "_fields", None)
+    if not isinstance(state, tuple) or fields is None or tuple(fields[:3]) != STATE_FIELDS:
+        got = type(state).__name__ if fields is None else f"{type(state).__name__}{fields}"
         raise TypeError(
-            "`policy_fn(params, observations)` must return a distrax distribution (with "
-            f"`log_prob` and `entropy`); got {type(out).__name__}. For [B, T, V] logits, "
-            "return `rlgen.algorithms.TokenCategorical(logits)`"
+            f"{who} must return a NamedTuple whose first fields are {STATE_FIELDS}; got {got}"
         )
-    log_probs = jnp.asarray(out.log_prob(actions))
-    entropy = jnp.asarray(out.entropy())
-    if entropy.shape != log_probs.shape:
-        raise ValueError(
-            f"the policy's entropy() has shape {entropy.shape} but log_prob(actions) has "
-            f"{log_probs.shape}; they must match (one value per action)"
+    step = state.step
+    if jnp.shape(step) != () or not jnp.issubdtype(jnp.asarray(step).dtype, jnp.integer):
+        raise TypeError(
+            f"{who} must return an integer scalar `step`, got shape {jnp.shape(step)} "
+            f"dtype {jnp.asarray(step).dtype}"
         )
-    f32 = lambda x: x.astype(jnp.promote_types(x.dtype, jnp.float32))  # noqa: E731
-    if values is None:
-        return f32(log_probs), f32(entropy)
-    values = jnp.asarray(values)
-    return f32(log_probs), f32(entropy), f32(values)
+
+
+def per_model(transformations: Mapping[str, optax.GradientTransformation]):
+    """One optax transformation per model of a ``{name: params}`` dict.
+
+    ``init`` and ``update`` act on dicts keyed like ``transformations``: each model's
+    parameters get their own optimiser (a GAN's generator and discriminator with their own
+    learning rates), and the state is the dict ``{name: state}``.
+
+    Example:
+      >>> tx = per_model({"g": optax.sgd(1.0), "d": optax.sgd(0.1)})
+      >>> params = {"g": jnp.ones(2), "d": jnp.ones(2)}
+      >>> updates, _ = tx.update({"g": jnp.ones(2), "d": jnp.ones(2)}, tx.init(params))
+      >>> updates["g"], updates["d"]
+      (Array([-1., -1.], dtype=float32), Array([-0.1, -0.1], dtype=float32))
+    """
+    names = tuple(transformations)
+
+    def init(params):
+        return {k: transformations[k].init(params[k]) for k in names}
+
+    def update(updates, state, params=None):
+        out = {
+            k: transformations[k].update(
+                updates[k], state[k], None if params is None else params[k]
+            )
+            for k in names
+        }
+        return {k: v[0] for k, v in out.items()}, {k: v[1] for k, v in out.items()}
+
+    return optax.GradientTransformation(init, update)
+
+
+def ema_update(average, params, decay):
+    """An exponential moving average of parameters: ``decay * average + (1 - decay) * params``.
+
+    Polyak averaging (Polyak and Juditsky 1992), as diffusion models keep it for sampling
+    (Ho et al. 2020). Computed as ``average + (1 - decay) (params - average)`` leaf by
+    leaf, in each leaf's dtype; ``decay`` may be traced (e.g. warmed up with the step).
+
+    Example:
+      >>> ema_update({"w": jnp.zeros(2)}, {"w": jnp.ones(2)}, 0.9)["w"]
+      Array([0.1, 0.1], dtype=float32)
+    """
+    return jax.tree.map(
+        lambda a, p: (a + (1.0 - decay) * (p - a)).astype(a.dtype), average, params
+    )
 
 
 def with_grad_clipping(optimizer: optax.GradientTransformation, max_grad_norm):
-    """Chains `optax.clip_by_global_norm(max_grad_norm)` before `optimizer` (None: as is)."""
+    """Chains `optax.clip_by_global_norm(max_grad_norm)` before `optimizer` (None: as is).
+
+    With several models (`per_model`), the norm is the global norm over all of them.
+    """
     if max_grad_norm is None:
         return optimizer
     return optax.chain(optax.clip_by_global_norm(max_grad_norm), optimizer)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from rlgen import _checks, ops
-from rlgen.algorithms import base, reference
+from rlgen.algorithms import base, policy, reference
 
 _REFS = ("ref_chosen_log_probs", "ref_rejected_log_probs")
 _SEQ_REQUIRED = (
@@ -192,7 +192,7 @@ def _reduce(out: ops.PreferenceLoss, axis_name):
 
 
 def _sequence_log_probs(policy_fn, params, obs, actions, mask, name):
-    log_probs, _ = base.evaluate_policy(policy_fn, params, obs, actions)
+    log_probs, _ = policy.evaluate_policy(policy_fn, params, obs, actions)
     if log_probs.ndim == 1:
         log_probs = log_probs[:, None]
     if mask is not None and jnp.ndim(mask) == 1:

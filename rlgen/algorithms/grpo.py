@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import optax
 
 from rlgen import _checks, ops
-from rlgen.algorithms import base, reference
+from rlgen.algorithms import base, policy, reference
 
 _REQUIRED = ("observations", "actions", "rewards")
 _OPTIONAL = ("log_probs", "ref_log_probs", "mask", "truncated", "group_size")
@@ -153,7 +153,7 @@ def _prepare(params, ref_params, batch, policy_fn, config) -> tuple[_Prepared, d
     group_size = base.static_group_size(batch, config.num_generations)
     rewards, n_bad = base.check_rewards(batch["rewards"])
     obs, actions = batch["observations"], batch["actions"]
-    log_probs, _ = base.evaluate_policy(policy_fn, params, obs, actions)
+    log_probs, _ = policy.evaluate_policy(policy_fn, params, obs, actions)
     batch_size = log_probs.shape[0]
     lp = _as_tokens(log_probs, batch_size)
     mask = _checks.as_mask(
@@ -203,7 +203,7 @@ def _prepare(params, ref_params, batch, policy_fn, config) -> tuple[_Prepared, d
         ("ref_log_probs",),
         config.reference,
         ref_params,
-        lambda p: (base.evaluate_policy(policy_fn, p, obs, actions)[0],),
+        lambda p: (policy.evaluate_policy(policy_fn, p, obs, actions)[0],),
         required=False,
         owner="GRPOConfig",
     )
@@ -226,7 +226,7 @@ def _loss(params, prepared: _Prepared, policy_fn, config, norm, counts):
     `counts` maps each aggregation mode to its denominator over the whole batch (all
     micro-batches and shards, `_counts`), so the shares sum to the full-batch loss.
     """
-    log_probs, entropy = base.evaluate_policy(
+    log_probs, entropy = policy.evaluate_policy(
         policy_fn, params, prepared.observations, prepared.actions
     )
     batch_size = log_probs.shape[0]

@@ -17,7 +17,7 @@ Per valid step `t` of row `b` (mask `m`), with the probability ratio
 The means are token means over valid steps of the whole (global) minibatch; with
 `clip_value = c` the value loss is `0.5 max((V - R)^2, (V_old + clip(V - V_old, -c, c) - R)^2)`.
 
-Batch keys (SPEC items 3 and 4), `B` rows of `T` steps:
+Batch keys, `B` rows of `T` steps:
 
 * `observations` `[B, T, ...]` (any pytree whose leaves lead with `B`),
   `actions` `[B, T, ...]`: what `policy_fn` is evaluated on.
@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import optax
 
 from rlgen import _checks, ops
-from rlgen.algorithms import base
+from rlgen.algorithms import base, policy
 
 _REQUIRED = ("observations", "actions", "rewards", "values", "log_probs", "dones")
 _OPTIONAL = ("mask",)
@@ -227,7 +227,7 @@ def _prepare(batch, config: PPOConfig) -> tuple[_Prepared, dict]:
 
 
 def _evaluate(params, data: _Prepared, policy_fn):
-    log_probs, entropy, values = base.evaluate_policy(
+    log_probs, entropy, values = policy.evaluate_policy(
         policy_fn, params, data.observations, data.actions, with_values=True
     )
     expected = data.old_log_probs.shape
@@ -303,10 +303,9 @@ def ppo_loss(params, batch, policy_fn, config: PPOConfig = PPOConfig()):
       config: a `PPOConfig`.
 
     Returns:
-      `(loss, metrics)`: a float32 scalar and a dict with `loss, policy_loss, value_loss,
-      entropy, mean_reward, advantage_mean, kl_divergence, clip_fraction` (SPEC item 2;
-      `mean_reward` is the token mean of the rewards, `advantage_mean` that of the raw GAE
-      advantages). With `axis_name`, both are global over the devices.
+      `(loss, metrics)`: a float32 scalar and a dict with the `METRICS` (`mean_reward` is
+      the token mean of the rewards, `advantage_mean` that of the raw GAE advantages).
+      With `axis_name`, both are global over the devices.
 
     Example:
       >>> import distrax
@@ -359,8 +358,8 @@ def ppo(
     (`rlgen.ops.gae_advantages`, arXiv 1506.02438), then runs `num_epochs` epochs of
     `num_minibatches` shuffled minibatches (rows), one clipped optimiser step each (the
     optimiser is chained after `clip_by_global_norm(max_grad_norm)`), all as `lax.scan`s
-    inside the one compiled update. It returns the new state and the metrics of SPEC item
-    2 averaged over the minibatch steps of the epochs that ran (`mean_reward` and
+    inside the one compiled update. It returns the new state and the `METRICS` averaged
+    over the minibatch steps of the epochs that ran (`mean_reward` and
     `advantage_mean` describe the batch). Non-finite valid rewards are reported (a
     ValueError eagerly, a RuntimeWarning under `jit`) and the whole update leaves the
     parameters and optimiser state unchanged.

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from rlgen import _checks, ops
-from rlgen.algorithms import base
+from rlgen.algorithms import base, policy
 
 _REQUIRED = ("observations", "actions", "rewards")
 _OPTIONAL = ("dones", "mask", "group_size")
@@ -141,7 +141,7 @@ def reinforce_loss(params, batch, policy_fn, config: REINFORCEConfig = REINFORCE
 
 def _loss(params, batch, policy_fn, config):
     base.check_batch(batch, _REQUIRED, _OPTIONAL, "REINFORCE")
-    log_probs, entropy = base.evaluate_policy(
+    log_probs, entropy = policy.evaluate_policy(
         policy_fn, params, batch["observations"], batch["actions"]
     )
     if log_probs.ndim == 1:

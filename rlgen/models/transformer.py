@@ -42,11 +42,6 @@ from rlgen import _checks
 
 __all__ = ["SamplingConfig", "TransformerConfig", "TransformerLM", "mask_after_eos"]
 
-# Incremented each time `_generate_program` is traced (tests use it to prove that a second
-# call with the same shapes and static settings reuses the compiled program).
-_TRACE_COUNT = {"generate": 0}
-
-
 def _check_optional_positive_int(x: Any, name: str) -> int | None:
     return None if x is None else _checks.check_positive_int(x, name)
 
@@ -650,7 +645,6 @@ def _generate_program(
     use_top_p,
     with_logits,
 ):
-    _TRACE_COUNT["generate"] += 1
     model = nnx.merge(graphdef, state)
     return model._generate_traced(
         prompts,

@@ -1,6 +1,6 @@
 """`rlgen.trainers`: the `Trainer` base and its thin Flax NNX adapters.
 
-    Trainer (base)                 optimizer, compiled step, callbacks, checkpoints, fit
+    Trainer (base)                 one init/update pair, write-back, callbacks, checkpoints
     ├── AutoregressiveTrainer      teacher forcing, label smoothing, scheduled sampling
     └── RL trainers                adapters over `rlgen.algorithms`
         ├── REINFORCETrainer
@@ -8,12 +8,14 @@
         ├── GRPOTrainer
         └── DPOTrainer
 
-What a model must provide is documented once, in `rlgen.trainers.protocol`.
+Every trainer is an adapter over one pure `rlgen.algorithms.Algorithm`; a new one defines
+`Trainer.compute_loss` or `Trainer.make_algorithm` (see `Trainer`). What a model must
+provide to the RL trainers is documented once, in `rlgen.trainers.protocol`.
 """
 
 from rlgen.trainers import protocol
 from rlgen.trainers.autoregressive import AutoregressiveConfig, AutoregressiveTrainer
-from rlgen.trainers.base import SupervisedState, Trainer
+from rlgen.trainers.base import Trainer
 from rlgen.trainers.rl import DPOTrainer, GRPOTrainer, PPOTrainer, REINFORCETrainer
 
 __all__ = [
@@ -23,7 +25,6 @@ __all__ = [
     "GRPOTrainer",
     "PPOTrainer",
     "REINFORCETrainer",
-    "SupervisedState",
     "Trainer",
     "protocol",
 ]

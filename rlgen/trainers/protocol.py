@@ -12,8 +12,9 @@ This is the one place the protocol is defined; every trainer calls the functions
 
 The call returns either ``logits`` (an array ``[..., V]``: one categorical per action,
 wrapped as `rlgen.algorithms.TokenCategorical`, so ``[B, T, V]`` logits are scored with
-memory-light log-probs) or a ``distrax.Distribution`` whose ``log_prob(actions)`` has the
-actions' batch shape. For `PPOTrainer` the call returns a pair ``(logits_or_distribution,
+memory-light log-probs) or a distribution (an object with ``log_prob`` and ``entropy``,
+e.g. a ``distrax.Distribution``) whose ``log_prob(actions)`` has the actions' batch
+shape. For `PPOTrainer` the call returns a pair ``(logits_or_distribution,
 values)``, with ``values`` shaped like the log-probs (``[B]`` or ``[B, T]``).
 
 **Sampling** (``train_step(batch, reward_fn, key)`` of `GRPOTrainer` and
@@ -29,11 +30,12 @@ pass mutates (batch statistics, RNG counters) is not written back.
 
 from __future__ import annotations
 
-import distrax
+from collections.abc import Callable, Mapping, Sequence
+
 import jax
 import jax.numpy as jnp
 
-from rlgen.algorithms.base import TokenCategorical
+from rlgen.algorithms import TokenCategorical
 
 # Name of the packed observation entries used for teacher-forced sequence models.
 _OBS, _ACT = "observations", "actions"
@@ -49,9 +51,7 @@ def as_distribution(out, who: str):
 
     Raises a TypeError saying what the protocol expects otherwise.
     """
-    if isinstance(out, distrax.Distribution) or (
-        hasattr(out, "log_prob") and hasattr(out, "entropy")
-    ):
+    if hasattr(out, "log_prob") and hasattr(out, "entropy"):
         return out
     if isinstance(out, (jax.Array, jnp.ndarray)) or hasattr(out, "__jax_array__"):
         out = jnp.asarray(out)
@@ -76,6 +76,24 @@ def pack_observations(model, observations, actions):
     if is_sequence_model(model):
         return {_OBS: observations, _ACT: actions}
     return observations
+
+
+def pack_batch(model, batch: Mapping, pairs: Sequence[tuple[str, str]]) -> dict:
+    """``batch`` with each ``(observations, actions)`` key pair packed by `pack_observations`."""
+    batch = dict(batch)
+    for obs, act in pairs:
+        if obs in batch and act in batch:
+            batch[obs] = pack_observations(model, batch[obs], batch[act])
+    return batch
+
+
+def policy_fn(merge: Callable, *, with_values: bool = False) -> Callable:
+    """The algorithms' ``policy_fn(params, observations)`` of the model ``merge(params)``."""
+
+    def fn(params, observations):
+        return policy_output(merge(params), observations, with_values=with_values)
+
+    return fn
 
 
 def policy_output(model, observations, *, with_values: bool = False):

@@ -1,23 +1,22 @@
 """The RL trainers: thin NNX adapters over `rlgen.algorithms` (no math here).
 
-Each trainer splits the model into pure parameters, calls its algorithm's pure
-``update(state, batch)`` inside the base class's compiled step, and writes the result
-back into the model. ``train_step(batch)`` takes the reference guide's batch keys and
-returns the metrics dict of SPEC item 2. What a model must provide is in
-`rlgen.trainers.protocol`.
+Each trainer's `make_algorithm` hands its algorithm a ``policy_fn`` that rebuilds the
+model from the state's parameters (`rlgen.trainers.protocol`), so ``train_step(batch)``
+is exactly the algorithm's pure ``update``: it takes the batch keys of the algorithm and
+returns its metrics (`rlgen.algorithms.GRPO_METRICS`, ...).
 
-`GRPOTrainer` and `REINFORCETrainer` also take ``train_step(batch, reward_fn, key)``
-(SPEC item 10): ``batch["observations"]`` holds prompts; each is repeated
-``num_generations`` times (contiguous groups), completions are drawn with the model's
-``sample(observations, key)``, scored with ``reward_fn(samples, conditions)``, and the
-update runs on them. The behaviour-policy log-probs are recorded by the update itself:
-without a ``log_probs`` key, the algorithms take the current policy's log-probs before
-the first optimiser step, which is exactly the sampling policy.
+`GRPOTrainer` and `REINFORCETrainer` also sample: ``train_step(batch, reward_fn, key)``
+repeats each prompt of ``batch["observations"]`` ``num_generations`` times (contiguous
+groups), draws completions with the model's ``sample(observations, key)``, scores them with
+``reward_fn(samples, conditions)`` and updates; ``fit(data, reward_fn=...)`` does so for
+every batch of prompts. The behaviour-policy log-probs are recorded by the update itself:
+without a ``log_probs`` key, the algorithms take the current policy's log-probs before the
+first optimiser step, which is exactly the sampling policy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -33,6 +32,8 @@ class _AlgorithmTrainer(Trainer):
     """An `rlgen.algorithms` factory behind the `Trainer` interface."""
 
     config_type: type = type(None)
+    #: ``factory(policy_fn, optimizer, config, **factory_kwargs) -> Algorithm``.
+    factory: Callable = staticmethod(lambda *args, **kwargs: None)
     with_values = False
     has_epochs = False
 
@@ -45,39 +46,26 @@ class _AlgorithmTrainer(Trainer):
             )
         super().__init__(model, optimizer, config, **kwargs)
 
-    def _factory(self, policy_fn):
-        raise NotImplementedError
+    def factory_kwargs(self) -> dict[str, Any]:
+        """Extra keyword arguments of ``factory`` (PPO: its shuffling seed)."""
+        return {}
 
-    def _algorithm(self, rest):
-        def policy_fn(params, observations):
-            model = self.module(params, rest)
-            return protocol.policy_output(model, observations, with_values=self.with_values)
+    def make_algorithm(self, merge):
+        policy_fn = protocol.policy_fn(merge, with_values=self.with_values)
+        return self.factory(policy_fn, self.tx, self.config, **self.factory_kwargs())
 
-        return self._factory(policy_fn)
+    def prepare_batch(self, batch):
+        """Sequence models see their actions with the observations (teacher forcing)."""
+        return protocol.pack_batch(self.model, batch, _SEQUENCE_KEYS)
 
-    def init_state(self, params):
-        return self._algorithm(self._rest).init(params)
 
-    def _pack(self, batch):
-        """The algorithm's batch: sequence models see their actions with the observations."""
-        if "observations" in batch and "actions" in batch:
-            batch = dict(batch)
-            batch["observations"] = protocol.pack_observations(
-                self.model, batch["observations"], batch["actions"]
-            )
-        return batch
-
-    def _update(self, state, rest, batch, key, static=()):
-        del key  # the algorithms carry their own randomness in the state
-        batch = self._pack({**batch, **dict(static)})
-        return self._algorithm(rest).update(state, batch)
+_SEQUENCE_KEYS = (("observations", "actions"),)
 
 
 class _SamplingTrainer(_AlgorithmTrainer):
-    """Adds ``train_step(batch, reward_fn, key)``: sample, score, update (SPEC item 10)."""
+    """Adds sampling: ``train_step(batch, reward_fn, key)`` and ``fit(..., reward_fn=)``."""
 
     static_batch_keys = ("group_size",)
-    samples = True
 
     def _uses_group_size(self) -> bool:
         """Whether the algorithm reads ``group_size`` (the sampled batch then carries it)."""
@@ -89,7 +77,7 @@ class _SamplingTrainer(_AlgorithmTrainer):
         """One update. With ``reward_fn``: sample ``num_generations`` outputs per prompt first.
 
         Args:
-          batch: the guide's batch keys; with ``reward_fn``, only ``observations``
+          batch: the algorithm's batch keys; with ``reward_fn``, only ``observations``
             (prompts, leading axis P) and optionally ``group_size``.
           reward_fn: ``reward_fn(samples, conditions) -> [P * G]`` rewards.
           key: PRNG key for sampling (default: `next_key()`).
@@ -122,14 +110,35 @@ class _SamplingTrainer(_AlgorithmTrainer):
             full["mask"] = mask
         return self._run_update(full)
 
+    def fit(
+        self,
+        data: Iterable[Mapping[str, Any]],
+        num_steps: int | None = None,
+        callbacks: Sequence[Any] = (),
+        *,
+        reward_fn: Callable | None = None,
+        num_epochs: int = 1,
+    ) -> dict[str, jax.Array] | None:
+        """`Trainer.fit`; with ``reward_fn``, each batch holds prompts to sample and score.
+
+        Each step is ``train_step(batch, reward_fn, next_key())``; without ``reward_fn``
+        the batches hold complete experience, as for `train_step(batch)`.
+        """
+        if reward_fn is None:
+            return super().fit(data, num_steps, callbacks, num_epochs=num_epochs)
+        if not callable(reward_fn):
+            raise TypeError(f"`reward_fn` must be callable, got {type(reward_fn).__name__}")
+        step = lambda batch: self.train_step(batch, reward_fn)  # noqa: E731
+        return self._fit(data, step, num_steps, callbacks, num_epochs)
+
 
 class REINFORCETrainer(_SamplingTrainer):
     """REINFORCE (Williams 1992) on an NNX policy: `rlgen.algorithms.reinforce`.
 
     ``REINFORCETrainer(model, optimizer, config)``; ``train_step(batch)`` with
     ``observations, actions, rewards`` (optional ``dones, mask, group_size``), or
-    ``train_step(batch, reward_fn, key)`` to sample and score. Metrics: ``loss,
-    policy_loss, entropy, mean_reward, reward_std``.
+    ``train_step(batch, reward_fn, key)`` to sample and score. Metrics:
+    `rlgen.algorithms.REINFORCE_METRICS`.
 
     Example:
       >>> import optax
@@ -145,12 +154,10 @@ class REINFORCETrainer(_SamplingTrainer):
     """
 
     config_type = REINFORCEConfig
+    factory = staticmethod(algorithms.reinforce)
 
     def _uses_group_size(self) -> bool:
         return self.config.baseline == "rloo"  # other baselines reject the key
-
-    def _factory(self, policy_fn):
-        return algorithms.reinforce(policy_fn, self.optimizer.tx, self.config)
 
 
 class GRPOTrainer(_SamplingTrainer):
@@ -159,17 +166,16 @@ class GRPOTrainer(_SamplingTrainer):
     ``GRPOTrainer(model, optimizer, config)``; ``train_step(batch)`` with
     ``observations, actions, rewards`` (optional ``log_probs, ref_log_probs, mask,
     truncated, group_size``), or ``train_step(batch, reward_fn, key)`` to sample
-    ``num_generations`` completions per prompt and score them. Metrics: ``loss,
-    policy_loss, mean_reward, group_advantage_std, kl_penalty, approx_kl, entropy,
-    clip_fraction``. All GRPO variants are `GRPOConfig` options.
+    ``num_generations`` completions per prompt and score them. Metrics:
+    `rlgen.algorithms.GRPO_METRICS`. All GRPO variants are `GRPOConfig` options.
 
     Example:
       >>> import optax
       >>> from flax import nnx
       >>> from rlgen.models import MLPPolicy
-      >>> model = MLPPolicy(3, 2, hidden=(8,), rngs=nnx.Rngs(0))
-      >>> opt = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
-      >>> trainer = GRPOTrainer(model, opt, GRPOConfig(num_generations=2))
+      >>> policy = MLPPolicy(3, 2, hidden=(8,), rngs=nnx.Rngs(0))
+      >>> trainer = GRPOTrainer(policy, nnx.Optimizer(policy, optax.adam(1e-2), wrt=nnx.Param),
+      ...                       GRPOConfig(num_generations=2))
       >>> reward = lambda samples, conditions=None: (samples == 1).astype(jnp.float32)
       >>> m = trainer.train_step({"observations": jnp.ones((4, 3))}, reward, jax.random.key(0))
       >>> m["mean_reward"].shape
@@ -177,9 +183,7 @@ class GRPOTrainer(_SamplingTrainer):
     """
 
     config_type = GRPOConfig
-
-    def _factory(self, policy_fn):
-        return algorithms.grpo(policy_fn, self.optimizer.tx, self.config)
+    factory = staticmethod(algorithms.grpo)
 
 
 class PPOTrainer(_AlgorithmTrainer):
@@ -188,8 +192,7 @@ class PPOTrainer(_AlgorithmTrainer):
     The model returns ``(logits_or_distribution, values)`` (`rlgen.trainers.protocol`).
     ``train_step(trajectory)`` with ``observations, actions, rewards, values, log_probs,
     dones`` (``[B, T]``; ``values`` may have T+1 steps); GAE, the epochs and minibatches
-    run inside one compiled step. Metrics: ``loss, policy_loss, value_loss, entropy,
-    mean_reward, advantage_mean, kl_divergence, clip_fraction``.
+    run inside one compiled step. Metrics: `rlgen.algorithms.PPO_METRICS`.
 
     Example:
       >>> import optax
@@ -206,26 +209,23 @@ class PPOTrainer(_AlgorithmTrainer):
     """
 
     config_type = PPOConfig
+    factory = staticmethod(algorithms.ppo)
     with_values = True
 
-    def __init__(self, model, optimizer, config=None, *, seed: int = 0, **kwargs):
-        self._seed = seed
-        super().__init__(model, optimizer, config, seed=seed, **kwargs)
-
-    def _factory(self, policy_fn):
-        return algorithms.ppo(policy_fn, self.optimizer.tx, self.config, seed=self._seed)
+    def factory_kwargs(self):
+        return {"seed": self.seed}
 
 
 class DPOTrainer(_AlgorithmTrainer):
     """DPO (Rafailov et al. 2023) and its relatives (IPO, hinge, robust, SimPO) on an NNX policy.
 
-    ``DPOTrainer(model, optimizer, config)``. ``train_step(batch)`` takes sequences
-    (SPEC item 6): ``chosen_observations, chosen_actions, rejected_observations,
+    ``DPOTrainer(model, optimizer, config)``. ``train_step(batch)`` takes sequences:
+    ``chosen_observations, chosen_actions, rejected_observations,
     rejected_actions`` (optional ``chosen_mask, rejected_mask``; with
     ``reference="batch"`` also ``ref_chosen_log_probs, ref_rejected_log_probs``). The
     reference is by default a frozen copy of the model at construction. Given only
-    log-probs it raises a ValueError naming the keys it needs. Metrics: ``loss, dpo_loss,
-    reward_accuracy, chosen_reward, rejected_reward, reward_margin``.
+    log-probs (no gradient could reach the model through them) it raises a ValueError
+    naming the keys it needs. Metrics: `rlgen.algorithms.DPO_METRICS`.
 
     Example:
       >>> import optax
@@ -242,14 +242,8 @@ class DPOTrainer(_AlgorithmTrainer):
     """
 
     config_type = DPOConfig
+    factory = staticmethod(algorithms.dpo)
 
-    def _factory(self, policy_fn):
-        return algorithms.dpo(policy_fn, self.optimizer.tx, self.config)
-
-    def _pack(self, batch):
-        batch = dict(batch)
-        for side in ("chosen", "rejected"):
-            obs, act = f"{side}_observations", f"{side}_actions"
-            if obs in batch and act in batch:
-                batch[obs] = protocol.pack_observations(self.model, batch[obs], batch[act])
-        return batch
+    def prepare_batch(self, batch):
+        pairs = tuple((f"{s}_observations", f"{s}_actions") for s in ("chosen", "rejected"))
+        return protocol.pack_batch(self.model, batch, pairs)

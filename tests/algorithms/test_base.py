@@ -1,8 +1,7 @@
-"""What every algorithm shares (`rlgen.algorithms.base`): the policy protocol,
-`TokenCategorical`, optimiser steps, batch and reward checks, reward placement and the
-data-parallel helpers."""
+"""What every algorithm shares (`rlgen.algorithms.base`): the state protocol, optimiser
+steps (one or several models), parameter averages, batch and reward checks, reward
+placement and the data-parallel helpers."""
 
-import distrax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,91 +10,8 @@ import pytest
 
 from rlgen import ops
 from rlgen.algorithms import base
-from rlgen.algorithms.base import TokenCategorical, evaluate_policy
 
 RNG = np.random.default_rng(3)
-
-
-# --------------------------------------------------------------------- policy protocol
-
-
-def test_evaluate_policy_says_what_is_missing():
-    params, obs, actions = jnp.zeros((3, 4)), jnp.arange(3), jnp.zeros(3, jnp.int32)
-    with pytest.raises(
-        TypeError,
-        match=r"distrax distribution \(with `log_prob` and "
-        r"`entropy`\); got ArrayImpl.*TokenCategorical",
-    ):
-        evaluate_policy(lambda p, o: p[o], params, obs, actions)
-
-    class OnlyLogProb:
-        def log_prob(self, a):
-            return jnp.zeros(3)
-
-    with pytest.raises(TypeError, match="entropy.*got OnlyLogProb"):
-        evaluate_policy(lambda p, o: OnlyLogProb(), params, obs, actions)
-    with pytest.raises(TypeError, match=r"\(distribution, values\).*got Categorical"):
-        evaluate_policy(
-            lambda p, o: distrax.Categorical(logits=p[o]), params, obs, actions, with_values=True
-        )
-
-
-def test_evaluate_policy_entropy_must_match_log_probs():
-    class Mismatched:
-        def log_prob(self, a):
-            return jnp.zeros((3, 2))
-
-        def entropy(self):
-            return jnp.zeros(3)
-
-    with pytest.raises(ValueError, match=r"entropy\(\) has shape \(3,\).*\(3, 2\)"):
-        evaluate_policy(lambda p, o: Mismatched(), None, None, None)
-
-
-def test_evaluate_policy_returns_float32_from_bfloat16():
-    logits = jnp.asarray(RNG.normal(size=(3, 4, 5)), jnp.bfloat16)
-    actions = jnp.asarray(RNG.integers(0, 5, (3, 4)))
-    lp, ent = evaluate_policy(lambda p, o: TokenCategorical(p), logits, None, actions)
-    assert lp.dtype == ent.dtype == jnp.float32
-    assert lp.shape == ent.shape == (3, 4)
-    values = jnp.ones((3, 4), jnp.bfloat16)
-    lp, ent, v = evaluate_policy(
-        lambda p, o: (TokenCategorical(p), values), logits, None, actions, with_values=True
-    )
-    assert v.dtype == jnp.float32 and v.shape == (3, 4)
-    # Computed in float32 from the bfloat16 logits: no bfloat16 log-softmax in between.
-    upcast = distrax.Categorical(logits=logits.astype(jnp.float32))
-    np.testing.assert_allclose(lp, upcast.log_prob(actions), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(ent, upcast.entropy(), rtol=1e-6, atol=1e-6)
-
-
-@pytest.mark.parametrize("scale", [1.0, 30.0])
-def test_token_categorical_matches_distrax_categorical(scale):
-    logits = jnp.asarray(scale * RNG.normal(size=(2, 3, 7)), jnp.float32)
-    actions = jnp.asarray(RNG.integers(0, 7, (2, 3)))
-    ours, theirs = TokenCategorical(logits), distrax.Categorical(logits=logits)
-    np.testing.assert_allclose(
-        ours.log_prob(actions), theirs.log_prob(actions), rtol=1e-5, atol=1e-5
-    )
-    np.testing.assert_allclose(ours.entropy(), theirs.entropy(), rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(ours.mode(), theirs.mode())
-    np.testing.assert_allclose(ours.prob(actions), theirs.prob(actions), rtol=1e-5, atol=1e-7)
-    other = distrax.Categorical(logits=jnp.zeros((2, 3, 7)))
-    np.testing.assert_allclose(
-        ours.kl_divergence(other), theirs.kl_divergence(other), rtol=1e-5, atol=1e-6
-    )
-    np.testing.assert_array_equal(ours.logits, logits)  # raw logits, kept as given
-    assert isinstance(ours, distrax.Distribution)
-    # Same gradients too (what training uses).
-    grad = lambda d: jax.grad(lambda z: jnp.sum(d(z).log_prob(actions) + d(z).entropy()))(  # noqa: E731
-        logits
-    )
-    np.testing.assert_allclose(
-        grad(TokenCategorical), grad(lambda z: distrax.Categorical(logits=z)), rtol=1e-4, atol=1e-5
-    )
-
-
-# ---------------------------------------------------------------------- optimiser steps
 
 
 def test_with_grad_clipping_clips_the_global_norm():

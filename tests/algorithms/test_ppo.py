@@ -26,18 +26,10 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from rlgen import ops
+from rlgen.algorithms import PPO_METRICS
 from rlgen.algorithms.ppo import PPOConfig, PPOState, ppo, ppo_loss
 
-SPEC_METRICS = {
-    "loss",
-    "policy_loss",
-    "value_loss",
-    "entropy",
-    "mean_reward",
-    "advantage_mean",
-    "kl_divergence",
-    "clip_fraction",
-}
+METRICS = set(PPO_METRICS)
 B, T, D, A = 8, 6, 3, 3
 
 
@@ -163,8 +155,8 @@ def ref_loss(params, batch, config: PPOConfig, mask=None):
 
 
 def assert_metrics_close(metrics, expected, rtol=2e-5, atol=2e-6):
-    assert set(metrics) == SPEC_METRICS
-    for k in SPEC_METRICS:
+    assert set(metrics) == METRICS
+    for k in METRICS:
         np.testing.assert_allclose(float(metrics[k]), expected[k], rtol=rtol, atol=atol, err_msg=k)
 
 
@@ -375,7 +367,7 @@ def test_target_kl_stops_after_the_first_epoch(one_epoch):
     assert tree_equal(stopped.opt_state, first.opt_state)
     assert not tree_equal(stopped.params, PARAMS)
     # and the metrics average only the epoch that ran
-    for k in SPEC_METRICS:
+    for k in METRICS:
         np.testing.assert_allclose(m_stopped[k], m_first[k], rtol=1e-6, atol=1e-7, err_msg=k)
     if one_epoch is E1M2:
         assert not tree_equal(run(epochs, batch)[0].params, first.params)
@@ -418,7 +410,7 @@ def test_update_takes_a_clipped_gradient_step():
 
 def test_metrics_are_the_spec_names_as_float32_scalars():
     state, metrics = run(E3M2, make_batch())
-    assert set(metrics) == SPEC_METRICS
+    assert set(metrics) == METRICS
     for k, v in metrics.items():
         assert v.shape == () and v.dtype == jnp.float32, k
         assert bool(jnp.isfinite(v)), k
@@ -447,7 +439,7 @@ def test_jit_does_not_recompile_and_state_is_stable_as_scan_carry():
     # an unreached target_kl changes nothing
     free, free_metrics = run(E3M2, make_batch(seed=1))
     assert tree_equal(state1.params, free.params)
-    assert all(bool(metrics1[k] == free_metrics[k]) for k in SPEC_METRICS)
+    assert all(bool(metrics1[k] == free_metrics[k]) for k in METRICS)
     # the update as a lax.scan carry over a stack of batches equals the sequential calls
     algo = ppo(policy, ADAM, loose)
     batches = jax.tree.map(lambda *x: jnp.stack(x), make_batch(seed=1), make_batch(seed=2))
@@ -579,7 +571,7 @@ def test_shard_map_over_8_devices_equals_one_device(check_vma):
     got_state, got = sharded(multi.init(PARAMS), batch)
     tree_allclose(got_state.params, expected_state.params, rtol=2e-5, atol=2e-6)
     tree_allclose(got_state.opt_state, expected_state.opt_state, rtol=2e-5, atol=2e-6)
-    for k in SPEC_METRICS:
+    for k in METRICS:
         np.testing.assert_allclose(got[k], expected[k], rtol=2e-5, atol=2e-6, err_msg=k)
     assert not tree_equal(got_state.params, PARAMS)
 

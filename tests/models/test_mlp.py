@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rlgen.algorithms import base
+from rlgen.algorithms import evaluate_policy
 from rlgen.models import MLPActorCritic, MLPPolicy
 
 OBS, ACTIONS = 4, 3
@@ -84,7 +84,7 @@ def test_actor_critic_follows_the_ppo_policy_protocol():
     actions = ac.sample(obs, jax.random.key(1))
 
     def loss(p):
-        lp, ent, v = base.evaluate_policy(policy_fn, p, obs, actions, with_values=True)
+        lp, ent, v = evaluate_policy(policy_fn, p, obs, actions, with_values=True)
         assert lp.shape == ent.shape == v.shape == (3, 5)
         return -(lp.mean() + 0.01 * ent.mean()) + 0.5 * jnp.mean((v - 1.0) ** 2)
 

@@ -3,7 +3,9 @@ checks, checkpoints, the `fit` loop (hooks, caps, early stop, Ctrl-C) and data
 parallelism over a `jax.sharding.Mesh` of CPU devices.
 
 Most tests use `Regression`, a `compute_loss` subclass fitting a linear model, so every
-step can be checked against a float64 NumPy reference.
+step can be checked against a float64 NumPy reference. The contract every trainer keeps
+(one compile per shape, write-back, exact resume, several devices) is
+`tests/trainers/test_contract.py`.
 """
 
 import os
@@ -16,9 +18,9 @@ import optax
 import pytest
 from flax import nnx
 
-from rlgen.algorithms import GRPOConfig, PPOConfig
+from rlgen.algorithms import GRPOConfig, PPOConfig, SupervisedState
 from rlgen.models import MLPActorCritic, MLPPolicy
-from rlgen.trainers import GRPOTrainer, PPOTrainer, SupervisedState, Trainer
+from rlgen.trainers import GRPOTrainer, PPOTrainer, Trainer
 
 N, D = 8, 3
 RNG = np.random.default_rng(0)
@@ -38,7 +40,7 @@ class Regression(Trainer):
         self.traces = 0
         super().__init__(*args, **kwargs)
 
-    def compute_loss(self, model, batch, key):
+    def compute_loss(self, model, batch, key, step):
         self.traces += 1  # runs only while tracing
         x = batch["x"]
         if self.noise:
@@ -69,11 +71,17 @@ def assert_close(a, b, tol=1e-5):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol / 10)
 
 
+def _host(x):
+    if jnp.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key):
+        return np.asarray(jax.random.key_data(x))
+    return np.asarray(x)
+
+
 def assert_trees_equal(a, b):
     la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
     assert jax.tree.structure(a) == jax.tree.structure(b)
     for x, y in zip(la, lb, strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        np.testing.assert_array_equal(_host(x), _host(y))
 
 
 def np_sgd_step(w, b, lr):
@@ -206,8 +214,8 @@ def test_argument_type_errors_name_the_argument():
     Regression(model, opt, mesh=mesh, data_axis="batch")  # the right axis is accepted
     with pytest.raises(TypeError, match="`batch`"):
         make().train_step([BATCH["x"], BATCH["y"]])
-    with pytest.raises(NotImplementedError, match="compute_loss"):
-        make(cls=Trainer).train_step(BATCH)
+    with pytest.raises(TypeError, match=r"Trainer must define compute_loss\(model, batch"):
+        make(cls=Trainer)  # at construction, before any work
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -233,11 +241,11 @@ def test_checkpoint_round_trip_is_bitwise():
         assert_trees_equal(ma, mb)
     assert_trees_equal(params_of(b.model), params_of(a.model))
 
-    # without the restored RNG, the noisy step differs: the check above has teeth
+    # without the restored key of the state, the noisy step differs: the check has teeth
     c = make(optax.adam(0.05), seed=11)
     c.noise = 0.1
     c.load_checkpoint_state(tree)
-    c.rng = jax.random.key(11)
+    c.state = c.state._replace(key=jax.random.key(11))
     d = make(optax.adam(0.05), seed=3)
     d.noise = 0.1
     d.load_checkpoint_state(tree)
@@ -314,7 +322,7 @@ def test_ppo_typed_key_round_trips():
 
 
 class Recorder:
-    """Records every hook with its arguments (the five hooks of SPEC item 9)."""
+    """Records every hook with its arguments (the five hooks of a `fit` run)."""
 
     def __init__(self):
         self.calls = []
@@ -394,12 +402,16 @@ def test_fit_num_steps_and_epochs():
 
     trainer = make()
     assert trainer.fit(batches(3), num_steps=0) is None and trainer.step == 0
-    for bad in (-1, 1.5, True):
-        with pytest.raises(ValueError, match="num_steps"):
+    for bad, error in ((-1, ValueError), (1.5, TypeError), (True, TypeError)):
+        with pytest.raises(error, match="num_steps"):
             trainer.fit(batches(1), num_steps=bad)
-    for bad in (0, 2.0, False):
-        with pytest.raises(ValueError, match="num_epochs"):
+    for bad, error in ((0, ValueError), (2.0, TypeError), (False, TypeError)):
+        with pytest.raises(error, match="num_epochs"):
             trainer.fit(batches(1), num_epochs=bad)
+    # several epochs over a one-shot iterator would silently train one: refused up front
+    with pytest.raises(ValueError, match="one-shot iterator"):
+        trainer.fit(iter(batches(3)), num_epochs=2)
+    assert trainer.step == 0
 
 
 def test_fit_cap_does_not_drop_a_batch_of_a_shared_iterator():
@@ -565,7 +577,7 @@ def test_fit_with_reward_fn_on_a_trainer_that_does_not_sample_is_a_clear_error()
 
     model = MLPActorCritic(3, 2, hidden=(4,), rngs=nnx.Rngs(0))
     trainer = PPOTrainer(model, nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param))
-    with pytest.raises(TypeError, match="does not sample"):
+    with pytest.raises(TypeError, match="reward_fn"):  # sampling is GRPO's and REINFORCE's
         trainer.fit([{"observations": np.zeros((2, 3))}], reward_fn=lambda s, c=None: s)
     assert trainer.step == 0
 

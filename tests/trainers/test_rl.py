@@ -1,7 +1,7 @@
-"""The RL trainers: SPEC item 2's metric names, the adapter identity (one `train_step`
-equals the `rlgen.algorithms` update with a hand-written `policy_fn`), the generation path
-of SPEC item 10 (sample, score, update), teacher-forced scoring of sequence models, DPO
-from sequences (SPEC item 6), PPO's GAE from the batch (SPEC item 4) and the errors.
+"""The RL trainers: their metric names, the adapter identity (one `train_step` equals
+the `rlgen.algorithms` update with a hand-written `policy_fn`), the generation path
+(sample, score, update), teacher-forced scoring of sequence models, DPO from sequences,
+PPO's GAE from the batch and the errors.
 """
 
 import distrax
@@ -26,36 +26,11 @@ from rlgen.trainers import DPOTrainer, GRPOTrainer, PPOTrainer, REINFORCETrainer
 OBS, B, T, G = 3, 8, 5, 4
 LOG2 = float(np.log(2.0))
 
-SPEC_METRICS = {
-    REINFORCETrainer: {"loss", "policy_loss", "entropy", "mean_reward", "reward_std"},
-    PPOTrainer: {
-        "loss",
-        "policy_loss",
-        "value_loss",
-        "entropy",
-        "mean_reward",
-        "advantage_mean",
-        "kl_divergence",
-        "clip_fraction",
-    },
-    GRPOTrainer: {
-        "loss",
-        "policy_loss",
-        "mean_reward",
-        "group_advantage_std",
-        "kl_penalty",
-        "approx_kl",
-        "entropy",
-        "clip_fraction",
-    },
-    DPOTrainer: {
-        "loss",
-        "dpo_loss",
-        "reward_accuracy",
-        "chosen_reward",
-        "rejected_reward",
-        "reward_margin",
-    },
+METRICS = {  # defined once, by the algorithms
+    REINFORCETrainer: set(A.REINFORCE_METRICS),
+    PPOTrainer: set(A.PPO_METRICS),
+    GRPOTrainer: set(A.GRPO_METRICS),
+    DPOTrainer: set(A.DPO_METRICS),
 }
 
 
@@ -182,7 +157,7 @@ def hand_policy(model, with_values=False):
 def run_both(cls, factory, make_model, config, batches):
     """Steps a trainer and the algorithm's jitted update (hand-written policy_fn) side by
     side from the same initial parameters; checks that metrics, parameters and optimiser
-    state agree and that the metric names are SPEC item 2's. Returns the trainer and
+    state agree and that the metric names are the algorithm's. Returns the trainer and
     its metrics."""
     model = make_model(seed=3)
     trainer = cls(model, opt(model, 0.05), config)
@@ -193,7 +168,7 @@ def run_both(cls, factory, make_model, config, batches):
     for b in batches:
         got = trainer.train_step(b)
         state, want = jax.jit(algo.update)(state, b)
-        assert set(got) == set(want) == SPEC_METRICS[cls]
+        assert set(got) == set(want) == METRICS[cls]
         for name, value in got.items():
             assert value.shape == () and value.dtype == jnp.float32, name
             assert np.isfinite(float(value)), name
@@ -311,7 +286,7 @@ def test_sampled_batch_carries_group_size_only_when_used():
     prompts = jnp.ones((2, OBS))
 
     def spy(trainer):
-        trainer._run_update = lambda batch, key=None: seen.append(batch) or {}
+        trainer._run_update = lambda batch: seen.append(batch) or {}
         return trainer
 
     for cls, config, expected in [
@@ -409,7 +384,7 @@ def test_lm_generation_path_mask_groups_scoring_and_determinism():
     start = trainer.checkpoint_state()
     key = jax.random.key(7)
     metrics = trainer.train_step({"observations": PROMPTS}, reward, key)
-    assert set(metrics) == SPEC_METRICS[GRPOTrainer]
+    assert set(metrics) == METRICS[GRPOTrainer]
     after = jax.tree.map(np.asarray, trainer.state.params)
 
     # groups are contiguous: row i is prompt i // G
