@@ -15,6 +15,7 @@ from rlgen.algorithms import reference
 from rlgen.algorithms.base import (
     STATE_FIELDS,
     Algorithm,
+    apply_gradients,
     check_state,
     ema_update,
     per_model,
@@ -52,6 +53,7 @@ __all__ = [
     "REINFORCEState",
     "SupervisedState",
     "TokenCategorical",
+    "apply_gradients",
     "check_state",
     "dpo",
     "dpo_loss",

@@ -150,6 +150,13 @@ class Trainer:
         """The batch the algorithm sees (inside the compiled step); identity by default."""
         return batch
 
+    def merge(self, params):
+        """The NNX model (or dict of models) with ``params``: e.g. a state's EMA or reference.
+
+        A new module; the trainer's own ``model`` is untouched.
+        """
+        return self._binding.merge(params, self._rest)
+
     def _algorithm(self, rest) -> algorithms.Algorithm:
         return self.make_algorithm(lambda params: self._binding.merge(params, rest))
 
