@@ -1,0 +1,218 @@
+"""Every trainer, as a case of the trainer contract suite (`test_contract.py`).
+
+A new trainer joins the suite with one entry in `CASES`: how to build it (``make(seed,
+mesh)``: the seed sets the model's initialisation and the trainer's RNG) and its batches
+(``batches(n)``: ``n`` batches whose leading axis divides by 8, so they split over 8
+devices, and ``other_shape()``: a batch of another shape). ``step(trainer, batch)`` takes
+one training step (by default ``train_step(batch)``).
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from rlgen.algorithms import DPOConfig, GRPOConfig, PPOConfig, REINFORCEConfig
+from rlgen.generative import AutoregressiveConfig
+from rlgen.models import MLPActorCritic, MLPPolicy, SamplingConfig, TransformerConfig, TransformerLM
+from rlgen.trainers import (
+    AutoregressiveTrainer,
+    DPOTrainer,
+    GRPOTrainer,
+    PPOTrainer,
+    REINFORCETrainer,
+    Trainer,
+)
+
+from .examples import make_ema, make_gan
+
+OBS, ACTIONS, ROWS, VOCAB = 3, 2, 8, 6
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    make: Callable[..., Trainer]  # make(seed=0, mesh=None) -> trainer
+    batches: Callable[[int], list]  # n -> n batches, leading axes divisible by 8
+    other_shape: Callable[[], dict]  # a batch of another shape
+    step: Callable = lambda trainer, batch: trainer.train_step(batch)
+
+
+def _rng(i):
+    return np.random.default_rng(i)
+
+
+def _adam(model, lr=0.05):
+    return nnx.Optimizer(model, optax.adam(lr), wrt=nnx.Param)
+
+
+def _momentum(model, lr):
+    """For the transformer: its attention key bias has an exactly zero gradient, which
+    Adam would turn from rounding noise (different on 8 devices) into steps of size lr."""
+    return nnx.Optimizer(model, optax.sgd(lr, momentum=0.9), wrt=nnx.Param)
+
+
+def _lm(seed, new_tokens=3):
+    config = TransformerConfig(
+        vocab_size=VOCAB, max_len=10, d_model=16, num_heads=2, num_layers=1, eos_id=1
+    )
+    return TransformerLM(config, rngs=nnx.Rngs(seed), sampling=SamplingConfig(new_tokens))
+
+
+def _rl_trainer(cls, config, model_cls=MLPPolicy):
+    def make(seed=0, mesh=None):
+        model = model_cls(OBS, ACTIONS, hidden=(8,), rngs=nnx.Rngs(seed))
+        return cls(model, _adam(model), config, seed=seed, mesh=mesh)
+
+    return make
+
+
+def _policy_batches(n, rows=ROWS, start=0):
+    return [
+        {
+            "observations": _rng(start + i).normal(size=(rows, OBS)).astype(np.float32),
+            "actions": _rng(start + i).integers(0, ACTIONS, rows),
+            "rewards": _rng(start + i).normal(size=rows).astype(np.float32),
+        }
+        for i in range(n)
+    ]
+
+
+def _ppo_batches(n, rows=ROWS, steps=5, start=0):
+    out = []
+    for i in range(n):
+        r = _rng(100 + start + i)
+        out.append(
+            {
+                "observations": r.normal(size=(rows, steps, OBS)).astype(np.float32),
+                "actions": r.integers(0, ACTIONS, (rows, steps)),
+                "rewards": r.normal(size=(rows, steps)).astype(np.float32),
+                "values": r.normal(size=(rows, steps + 1)).astype(np.float32),
+                "log_probs": np.full((rows, steps), np.log(0.5), np.float32),
+                "dones": (r.random((rows, steps)) < 0.2).astype(np.float32),
+            }
+        )
+    return out
+
+
+def _dpo_batches(n, rows=ROWS):
+    out = []
+    for i in range(n):
+        r = _rng(200 + i)
+        obs = r.normal(size=(rows, OBS)).astype(np.float32)
+        out.append(
+            {
+                "chosen_observations": obs,
+                "chosen_actions": np.ones(rows, np.int32),
+                "rejected_observations": obs,
+                "rejected_actions": np.zeros(rows, np.int32),
+            }
+        )
+    return out
+
+
+def _prompt_batches(n, prompts=2):
+    return [
+        {"observations": _rng(300 + i).integers(2, VOCAB, (prompts, 4)).astype(np.int32)}
+        for i in range(n)
+    ]
+
+
+def _match_last_prompt_token(samples, conditions=None):
+    return jnp.mean((samples == conditions[:, -1:]).astype(jnp.float32), axis=-1)
+
+
+def _make_grpo_sampling(seed=0, mesh=None):
+    model = _lm(seed)
+    config = GRPOConfig(num_generations=4, reference="initial", beta=0.05)
+    return GRPOTrainer(model, _momentum(model, 0.1), config, seed=seed, mesh=mesh)
+
+
+def _make_autoregressive(seed=0, mesh=None):
+    model = _lm(seed)
+    # scheduled sampling draws from the step's key: the state's key matters to the numbers
+    config = AutoregressiveConfig(label_smoothing=0.1, scheduled_sampling=0.3)
+    return AutoregressiveTrainer(model, _momentum(model, 0.1), config, seed=seed, mesh=mesh)
+
+
+def _token_batches(n, rows=ROWS, length=7):
+    return [{"tokens": _rng(400 + i).integers(0, VOCAB, (rows, length))} for i in range(n)]
+
+
+def _gan_batches(n, rows=ROWS):
+    return [
+        {"data": (2.0 + 0.5 * _rng(500 + i).normal(size=(rows, 1))).astype(np.float32)}
+        for i in range(n)
+    ]
+
+
+def _regression_batches(n, rows=ROWS):
+    out = []
+    for i in range(n):
+        x = _rng(600 + i).normal(size=(rows, 3)).astype(np.float32)
+        out.append({"x": x, "y": (x @ np.array([[1.0], [-2.0], [0.5]]) + 0.3).astype(np.float32)})
+    return out
+
+
+CASES = {
+    "reinforce": Case(
+        _rl_trainer(REINFORCETrainer, REINFORCEConfig()),
+        _policy_batches,
+        lambda: _policy_batches(1, rows=2 * ROWS)[0],
+    ),
+    "ppo": Case(
+        _rl_trainer(PPOTrainer, PPOConfig(num_epochs=2, num_minibatches=2), MLPActorCritic),
+        _ppo_batches,
+        lambda: _ppo_batches(1, steps=3)[0],
+    ),
+    "grpo": Case(
+        _rl_trainer(GRPOTrainer, GRPOConfig(num_generations=4, reference="initial", beta=0.1)),
+        _policy_batches,
+        lambda: _policy_batches(1, rows=2 * ROWS)[0],
+    ),
+    "grpo-sampling": Case(
+        _make_grpo_sampling,
+        _prompt_batches,
+        lambda: _prompt_batches(1, prompts=4)[0],
+        lambda trainer, batch: trainer.train_step(batch, _match_last_prompt_token),
+    ),
+    "dpo": Case(
+        _rl_trainer(DPOTrainer, DPOConfig(beta=0.5)),
+        _dpo_batches,
+        lambda: _dpo_batches(1, rows=2 * ROWS)[0],
+    ),
+    "autoregressive": Case(
+        _make_autoregressive, _token_batches, lambda: _token_batches(1, length=5)[0]
+    ),
+    "adversarial": Case(
+        lambda seed=0, mesh=None: make_gan(seed, mesh=mesh),
+        _gan_batches,
+        lambda: _gan_batches(1, rows=2 * ROWS)[0],
+    ),
+    "ema": Case(
+        lambda seed=0, mesh=None: make_ema(seed, mesh=mesh),
+        _regression_batches,
+        lambda: _regression_batches(1, rows=2 * ROWS)[0],
+    ),
+}
+
+
+def models_and_optimizers(trainer):
+    """``[(name, model, optimizer)]`` of a trainer of one model or several (sorted names)."""
+    if isinstance(trainer.model, dict):
+        return [(k, trainer.model[k], trainer.optimizer[k]) for k in sorted(trainer.model)]
+    return [(None, trainer.model, trainer.optimizer)]
+
+
+def host(tree):
+    """A pytree as NumPy arrays (PRNG keys as their key data)."""
+
+    def one(x):
+        if jnp.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
+        return np.asarray(x)
+
+    return jax.tree.map(one, tree)
