@@ -42,30 +42,20 @@ import jax.numpy as jnp
 import numpy as np
 import rejax
 
-from rlgen.algorithms.ppo import PPOConfig
 from rlgen.envs import cartpole
 from rlgen.recipes import ppo_cartpole
+from rlgen.recipes.ppo_cartpole import CartPoleConfig
+
+# The recipe's settings as rejax runs them: a constant learning rate, no bootstrapping of
+# time-outs (gymnax 0.0.9 gives no final observation); rejax gets the same values below.
+RECIPE = CartPoleConfig(anneal_lr=False, bootstrap_truncation=False)
+UPDATES = 488  # 488 * 16 * 64 = 499,712 environment steps
 
 
-@dataclasses.dataclass(frozen=True)
-class Hyper:
-    num_envs: int = 16
-    num_steps: int = 64
-    num_epochs: int = 4
-    num_minibatches: int = 4
-    learning_rate: float = 2.5e-3
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip: float = 0.2
-    entropy_coeff: float = 0.01
-    vf_coeff: float = 0.5
-    max_grad_norm: float = 0.5
-    hidden: int = 64
-    updates: int = 488  # 488 * 16 * 64 = 499,712 environment steps
-
-    @property
-    def total_timesteps(self) -> int:
-        return self.updates * self.num_envs * self.num_steps
+def settings(updates: int = UPDATES) -> CartPoleConfig:
+    """`RECIPE` with ``updates`` updates' worth of environment steps."""
+    steps = updates * RECIPE.num_envs * RECIPE.num_steps
+    return dataclasses.replace(RECIPE, total_timesteps=steps)
 
 
 class GymnaxCartPole:
@@ -84,50 +74,27 @@ class GymnaxCartPole:
 GYMNAX = GymnaxCartPole()
 
 
-def rlgen_train(h: Hyper, env):
-    config = PPOConfig(
-        gamma=h.gamma,
-        gae_lambda=h.gae_lambda,
-        clip_param=h.clip,
-        vf_coeff=h.vf_coeff,
-        entropy_coeff=h.entropy_coeff,
-        max_grad_norm=h.max_grad_norm,
-        num_epochs=h.num_epochs,
-        num_minibatches=h.num_minibatches,
-        clip_value=h.clip,  # rejax clips the value prediction with clip_eps
-    )
-    train = ppo_cartpole.make_train(
-        config,
-        total_timesteps=h.total_timesteps,
-        num_envs=h.num_envs,
-        num_steps=h.num_steps,
-        learning_rate=h.learning_rate,
-        anneal_lr=False,  # rejax keeps its learning rate constant
-        hidden_size=h.hidden,
-        bootstrap_truncation=False,  # as rejax (and gymnax 0.0.9 gives no final observation)
-        env=env,
-    )
+def rlgen_train(run: CartPoleConfig, env):
+    train = ppo_cartpole.make_train(run, env=env)
     return lambda seed: (train(seed)[0], ())  # (params, nothing else)
 
 
-def rejax_algo(h: Hyper, with_eval: bool):
+def rejax_algo(run: CartPoleConfig, with_eval: bool):
+    ppo = run.ppo
+    if ppo.clip_value != ppo.clip_param:
+        raise ValueError("rejax clips the value prediction with clip_eps: set clip_value")
+    # rejax's PPO arguments: most named as rlgen's settings, three renamed.
+    same = ("total_timesteps", "num_envs", "num_steps", "learning_rate")
+    same_ppo = ("num_epochs", "num_minibatches", "gamma", "gae_lambda", "max_grad_norm")
+    renamed = {"clip_eps": ppo.clip_param, "ent_coef": ppo.entropy_coeff, "vf_coef": ppo.vf_coeff}
     algo = rejax.get_algo("ppo").create(
         env="CartPole-v1",
-        total_timesteps=h.total_timesteps,
-        num_envs=h.num_envs,
-        num_steps=h.num_steps,
-        num_epochs=h.num_epochs,
-        num_minibatches=h.num_minibatches,
-        learning_rate=h.learning_rate,
-        gamma=h.gamma,
-        gae_lambda=h.gae_lambda,
-        clip_eps=h.clip,
-        ent_coef=h.entropy_coeff,
-        vf_coef=h.vf_coeff,
-        max_grad_norm=h.max_grad_norm,
-        agent_kwargs={"activation": "tanh", "hidden_layer_sizes": (h.hidden, h.hidden)},
+        **{name: getattr(run, name) for name in same},
+        **{name: getattr(ppo, name) for name in same_ppo},
+        **renamed,
+        agent_kwargs={"activation": "tanh", "hidden_layer_sizes": (run.hidden_size,) * 2},
         skip_initial_evaluation=True,
-        **({} if with_eval else {"eval_freq": h.total_timesteps}),
+        **({} if with_eval else {"eval_freq": run.total_timesteps}),
     )
     if not with_eval:
         algo = algo.replace(eval_callback=lambda algo, ts, rng: ())
@@ -214,7 +181,7 @@ def compile_fn(fn, seeds):
     return compiled, arg, time.perf_counter() - start
 
 
-def run_case(candidates: dict, seeds: int, repeats: int, h: Hyper):
+def run_case(candidates: dict, seeds: int, repeats: int, run: CartPoleConfig):
     compiled, compile_s = {}, {}
     for name, (fn, _) in candidates.items():
         compiled[name], arg, compile_s[name] = compile_fn(fn, seeds)
@@ -235,7 +202,7 @@ def run_case(candidates: dict, seeds: int, repeats: int, h: Hyper):
                 "seeds": seeds,
                 "compile_s": compile_s[name],
                 "run_s": run_s,
-                "steps_per_s": seeds * h.total_timesteps / run_s,
+                "steps_per_s": seeds * run.total_timesteps / run_s,
                 "greedy": returns["greedy"],
                 "sampled": returns["sampled"],
             }
@@ -255,28 +222,28 @@ def main():
     parser.add_argument("--rejax-eval", action="store_true",
                         help="also time rejax with its default in-training evaluation")
     args = parser.parse_args()
-    h = Hyper(updates=61) if args.quick else Hyper()
+    run = settings(61) if args.quick else settings()
     repeats = 1 if args.quick else args.repeats
 
-    rejax_plain = rejax_algo(h, with_eval=False)
+    rejax_plain = rejax_algo(run, with_eval=False)
     candidates = {
-        "rlgen (gymnax env)": (rlgen_train(h, GYMNAX), lambda p, g: rlgen_act(p, g)),
-        "rlgen (rlgen env)": (rlgen_train(h, cartpole), lambda p, g: rlgen_act(p, g)),
+        "rlgen (gymnax env)": (rlgen_train(run, GYMNAX), lambda p, g: rlgen_act(p, g)),
+        "rlgen (rlgen env)": (rlgen_train(run, cartpole), lambda p, g: rlgen_act(p, g)),
         "rejax": (rejax_train(rejax_plain), lambda p, g: rejax_act(rejax_plain, p, g)),
     }
     if args.rejax_eval:
-        rejax_eval = rejax_algo(h, with_eval=True)
+        rejax_eval = rejax_algo(run, with_eval=True)
         candidates["rejax (with its eval callback)"] = (
             rejax_train(rejax_eval),
             lambda p, g: rejax_act(rejax_eval, p, g),
         )
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {jax.device_count()} devices; "
-          f"rejax {getattr(rejax, '__version__', '0.1.3')}; {h}")
-    print(f"total_timesteps per seed: {h.total_timesteps}; repeats: {repeats} (interleaved)\n")
-    rows = run_case(candidates, 1, repeats, h)
+          f"rejax {getattr(rejax, '__version__', '0.1.3')}; {run}")
+    print(f"total_timesteps per seed: {run.total_timesteps}; repeats: {repeats} (interleaved)\n")
+    rows = run_case(candidates, 1, repeats, run)
     if args.seeds > 1:
         multi = {k: v for k, v in candidates.items() if "eval callback" not in k}
-        rows += run_case(multi, args.seeds, repeats, h)
+        rows += run_case(multi, args.seeds, repeats, run)
     print("| implementation | seeds | compile (s) | run (s, median) | env steps/s | "
           "greedy return | sampled return |")
     print("|---|---:|---:|---:|---:|---:|---:|")

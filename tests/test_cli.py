@@ -1,6 +1,9 @@
 """The `rlgen` command: usage errors (exit code 2 with a hint), the installed entry point,
-Ctrl-C (checkpoint, exit code 130) and --resume, and --devices on a CPU machine."""
+Ctrl-C (checkpoint, exit code 130) and --resume, and --devices on a CPU machine; the
+registry (one entry adds a recipe) and the options made from config dataclasses (nested
+configs flattened, pinned and unexposable fields left out, name clashes refused)."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -13,6 +16,9 @@ from pathlib import Path
 import pytest
 
 from rlgen import cli
+from rlgen._checks import option, option_choices
+from rlgen.algorithms import GRPOConfig
+from rlgen.recipes import nested
 
 
 def _main(capsys, *argv):
@@ -150,3 +156,186 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_with_four_devices(tmp_pat
 def test_more_devices_than_jax_sees_exits_2(capsys, tmp_path):
     code, _, err = _main(capsys, "addition", "--devices", "64", "--out-dir", str(tmp_path))
     assert code == 2 and "--devices 64" in err and "JAX sees" in err
+
+
+# ----------------------------------------------------------------------------------------
+# the registry and the options made from the configs
+# ----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyConfig:
+    """A toy recipe's settings.
+
+    Attributes:
+      steps: how many steps the toy takes. More text that the help leaves out.
+    """
+
+    steps: int = 3
+    scale: float = 0.5
+    limit: float | None = None
+    mode: str = option("a", ("a", "b"))
+    shout: bool = False
+    hook: object = None  # not a command-line option
+    grpo: GRPOConfig = nested(GRPOConfig(beta=0.25), pinned=("reference",))
+
+
+def run(config: ToyConfig, folder=None) -> dict:
+    """The toy recipe: echoes its settings back."""
+    if folder is not None:
+        folder.echo("toy ran in its folder")
+    return {"total": config.steps * config.scale, "beta": config.grpo.beta, "mode": config.mode}
+
+
+TOY = cli.Recipe(
+    name="toy",
+    help="a toy recipe of the tests",
+    description="Echoes its settings.",
+    module=__name__,
+    config="ToyConfig",
+    report="toy total {total} with beta {beta}, mode {mode} ({config.steps} steps)",
+    run_folder=False,
+)
+
+
+def test_one_registry_entry_adds_a_recipe(capsys, monkeypatch):
+    monkeypatch.setitem(cli.RECIPES, "toy", TOY)
+    code, out, _ = _main(capsys, "--help")
+    assert code == 0 and "toy" in out and "a toy recipe of the tests" in out
+    code, out, _ = _main(capsys, "toy", "--help")
+    assert code == 0 and "Echoes its settings." in out
+    assert "how many steps the toy takes (default: 3)" in out  # from the docstring
+    for flag in ("--steps", "--scale", "--limit", "--mode", "--shout", "--no-shout", "--beta"):
+        assert flag in out
+    assert "--out-dir" not in out and "--hook" not in out and "--reference" not in out
+    code, out, _ = _main(capsys, "toy", "--steps", "4", "--beta", "0.5", "--mode", "b")
+    assert code == 0, out
+    assert "toy total 2.0 with beta 0.5, mode b (4 steps)" in out
+    code, _, err = _main(capsys, "toy", "--stesp", "4")
+    assert code == 2 and "did you mean --steps?" in err
+
+
+def test_a_recipe_with_a_run_folder_gets_its_options_and_summary(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(cli.RECIPES, "toy", dataclasses.replace(TOY, run_folder=True))
+    out_dir = tmp_path / "toy"
+    code, out, _ = _main(capsys, "toy", "--out-dir", str(out_dir), "--scale", "2", "--no-plot")
+    assert code == 0
+    assert "toy ran in its folder" in out and f"; outputs in {out_dir}" in out
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["total"] == 6.0 and summary["interrupted"] is False
+    assert summary["devices"] == 1
+    config = summary["config"]
+    assert config["out_dir"] == str(out_dir) and config["plot"] is False
+    assert config["scale"] == 2.0 and config["beta"] == 0.25 and "reference" not in config
+
+
+def test_nested_fields_set_from_the_command_line_reach_the_config():
+    from rlgen.recipes.addition import AdditionConfig
+
+    assert cli.parse(["addition"]).config == AdditionConfig()
+    command = cli.parse([
+        "addition", "--beta", "0.05", "--kl-estimator", "k2", "--num-generations", "4",
+        "--epsilon-high", "0.28", "--max-grad-norm", "none", "--mask-truncated-completions",
+        "--top-p", "0.9", "--seed", "3", "--out-dir", "elsewhere", "--no-progress",
+    ])
+    grpo = command.config.grpo
+    assert (grpo.beta, grpo.kl_estimator, grpo.num_generations) == (0.05, "k2", 4)
+    assert (grpo.epsilon_high, grpo.max_grad_norm) == (0.28, None)
+    assert grpo.mask_truncated_completions is True
+    assert grpo.reference == "initial"  # pinned by the recipe
+    assert command.config.sampling.top_p == 0.9 and command.config.seed == 3
+    assert command.options == cli.RunOptions(out_dir="elsewhere", progress=False)
+
+
+def test_nested_ppo_fields_of_the_cartpole_recipe():
+    command = cli.parse(
+        ["cartpole", "--clip-param", "0.3", "--no-anneal-lr", "--target-kl", "0.02"]
+    )
+    assert command.options is None  # no run folder
+    config = command.config
+    assert config.ppo.clip_param == 0.3 and config.ppo.target_kl == 0.02
+    assert config.anneal_lr is False
+    assert config.ppo.num_minibatches == 4  # the recipe's tuned value, not PPOConfig's
+
+
+def test_choices_come_from_the_declaring_config(capsys):
+    fields = {f.name: f for f in dataclasses.fields(GRPOConfig)}
+    options = {o.name: o for o in cli.recipe_options(cli.RECIPES["addition"]).options[1]}
+    for name in ("kl_estimator", "loss_aggregation", "scale_rewards"):
+        assert options[name].choices == option_choices(fields[name])
+    code, _, err = _main(capsys, "addition", "--scale-rewards", "rank")
+    assert code == 2 and "invalid choice: 'rank'" in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["addition", "--reference", "batch"], "unrecognized arguments: --reference"),
+        (["addition", "--axis-name", "x"], "unrecognized arguments: --axis-name"),
+        (["addition", "--gamma", "2"], "`gamma` must lie in [0, 1]"),
+        (["cartpole", "--num-envs", "6"], "must be divisible by config.num_minibatches"),
+    ],
+)
+def test_pinned_and_unexposable_fields_and_config_checks_are_usage_errors(
+    capsys, monkeypatch, tmp_path, argv, message
+):
+    monkeypatch.chdir(tmp_path)  # were the option taken, the run would write here
+    code, _, err = _main(capsys, *argv)
+    assert code == 2 and message in err and "usage:" in err
+
+
+@dataclasses.dataclass(frozen=True)
+class ClashConfig:
+    """A config whose own field and a nested field would be the same option."""
+
+    beta: float = 0.1
+    grpo: GRPOConfig = nested(GRPOConfig())
+
+
+@dataclasses.dataclass(frozen=True)
+class DevicesConfig:
+    """A config with a field named like a run option."""
+
+    devices: int = 2
+
+
+@pytest.mark.parametrize(
+    "config, run_folder, message",
+    [
+        ("ClashConfig", False, "ClashConfig.beta and ClashConfig.grpo.beta would both be the "
+                               "option --beta"),
+        ("DevicesConfig", True, "RunOptions.devices and DevicesConfig.devices would both be"),
+    ],
+)
+def test_a_name_clash_is_an_error_when_the_parser_is_built(monkeypatch, config, run_folder,
+                                                           message):
+    clash = dataclasses.replace(TOY, name="clash", config=config, run_folder=run_folder)
+    monkeypatch.setitem(cli.RECIPES, "clash", clash)
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        cli.build_parser()
+    cli.build_parser(["addition"])  # the other recipes' parsers are still built
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    env = {**_env(), "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_help_imports_no_recipe_and_devices_are_set_before_jax_starts():
+    proc = _python(
+        "import sys\nfrom rlgen import cli\n"
+        "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('jax imported:', 'jax' in sys.modules)\n"
+        "try:\n    cli.main(['addition', '--devices', '3', '--help'])\nexcept SystemExit:\n"
+        "    pass\nimport jax\nprint('devices:', jax.device_count())\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "jax imported: False" in proc.stdout and "devices: 3" in proc.stdout
+
+
+def test_cartpole_runs_from_the_command_line(capsys):
+    code, out, _ = _main(capsys, "cartpole", "--total-timesteps", "64", "--num-envs", "4",
+                         "--num-steps", "16", "--eval-episodes", "2", "--seed", "1")
+    assert code == 0
+    assert "PPO CartPole-v1: mean greedy return" in out and "over 2 episodes after 64 steps" in out

@@ -11,6 +11,9 @@ several seeds at once (`train_many`).
     returns = evaluate(params, jax.random.key(1))    # 64 greedy episodes
 
 The defaults reach a greedy evaluation return of 500 (the maximum) within 500k steps.
+Every setting of a run is a field of `CartPoleConfig` (PPO's own nested as ``ppo``);
+`make_train`, `train` and `train_many` take one, and any of its fields as keywords
+(``train(seed=0, num_envs=32)``). `run` trains and evaluates one run (``rlgen cartpole``).
 
 The network is a small actor-critic (separate tanh MLPs for the policy logits and the
 value) written in plain JAX. The environment is `rlgen.envs.cartpole` by default; any
@@ -33,6 +36,14 @@ import optax
 
 from rlgen.algorithms.ppo import PPOConfig, ppo
 from rlgen.envs import cartpole
+from rlgen.recipes import nested
+
+_TRUNCATION_KEYS = ("truncated", "terminated", "final_observation")
+
+
+# ----------------------------------------------------------------------------------------
+# The settings
+# ----------------------------------------------------------------------------------------
 
 # Tuned for CartPole-v1 within 500k environment steps: 64 of 64 seeds (0-63, vmapped)
 # reach a greedy evaluation return of 500, most by 100k steps. The guide's PPO defaults,
@@ -50,12 +61,62 @@ DEFAULT_CONFIG = PPOConfig(
     num_minibatches=4,
     clip_value=0.2,
 )
-TOTAL_TIMESTEPS = 500_000
-NUM_ENVS = 16
-NUM_STEPS = 64
-LEARNING_RATE = 2.5e-3
-HIDDEN_SIZE = 64
-_TRUNCATION_KEYS = ("truncated", "terminated", "final_observation")
+
+
+@dataclasses.dataclass(frozen=True)
+class CartPoleConfig:
+    """A training run's settings (the ``rlgen cartpole`` options).
+
+    Attributes:
+      seed: the run's seed in `run` (`train` takes the seed as an argument, so that
+        `train_many` can vmap over it).
+      total_timesteps: environment steps; the run takes
+        ``total_timesteps // (num_envs * num_steps)`` updates (at least one).
+      num_envs: environments stepped in parallel (vmapped); divisible by
+        ``ppo.num_minibatches`` (minibatches split the environments' rows).
+      num_steps: steps of each environment per rollout.
+      learning_rate: Adam's step size.
+      anneal_lr: anneal the step size linearly to 0 over the run.
+      hidden_size: the width of the actor's and the critic's two hidden layers.
+      bootstrap_truncation: an episode cut by the 500-step limit did not fail, so its
+        last reward is credited with ``gamma * V(final observation)`` (Pardo et al. 2018,
+        Time Limits in Reinforcement Learning, arXiv 1712.00378); the episode still ends
+        there (``dones``). It needs the env's ``info["truncated"]``, ``info["terminated"]``
+        and ``info["final_observation"]`` (as `rlgen.envs.cartpole` gives); without it a
+        time-out is learnt as a failure (the value of states near the limit is
+        underestimated).
+      ppo: PPO's settings (`DEFAULT_CONFIG`).
+      eval_episodes: the greedy episodes `run` evaluates the trained policy on.
+    """
+
+    seed: int = 0
+    total_timesteps: int = 500_000
+    num_envs: int = 16
+    num_steps: int = 64
+    learning_rate: float = 2.5e-3
+    anneal_lr: bool = True
+    hidden_size: int = 64
+    bootstrap_truncation: bool = True
+    ppo: PPOConfig = nested(DEFAULT_CONFIG)
+    eval_episodes: int = 64
+
+    def __post_init__(self):
+        for name in ("total_timesteps", "num_envs", "num_steps", "hidden_size", "eval_episodes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+        steps_per_update = self.num_envs * self.num_steps
+        if self.total_timesteps < steps_per_update:
+            raise ValueError(
+                f"`total_timesteps` ({self.total_timesteps}) must cover at least one update of "
+                f"num_envs * num_steps = {steps_per_update} environment steps"
+            )
+        if self.num_envs % self.ppo.num_minibatches:
+            raise ValueError(
+                f"`num_envs` ({self.num_envs}) must be divisible by config.num_minibatches "
+                f"of `ppo` ({self.ppo.num_minibatches}): minibatches split the environments' "
+                "rows"
+            )
 
 
 # ----------------------------------------------------------------------------------------
@@ -64,7 +125,7 @@ _TRUNCATION_KEYS = ("truncated", "terminated", "final_observation")
 
 
 def init_params(key, obs_size=cartpole.OBSERVATION_SHAPE[0], num_actions=cartpole.NUM_ACTIONS,
-                hidden_size=HIDDEN_SIZE):
+                hidden_size=CartPoleConfig.hidden_size):
     """Two 2-hidden-layer tanh MLPs: `actor` (logits) and `critic` (value).
 
     Weights are normal with variance `gain^2 / fan_in` (gain sqrt(2) in hidden layers, 0.01
@@ -117,55 +178,36 @@ def policy_fn(params, observations):
 # ----------------------------------------------------------------------------------------
 
 
-def make_train(
-    config: PPOConfig = DEFAULT_CONFIG,
-    *,
-    total_timesteps: int = TOTAL_TIMESTEPS,
-    num_envs: int = NUM_ENVS,
-    num_steps: int = NUM_STEPS,
-    learning_rate: float = LEARNING_RATE,
-    anneal_lr: bool = True,
-    hidden_size: int = HIDDEN_SIZE,
-    bootstrap_truncation: bool = True,
-    env=cartpole,
-):
+def make_train(config: CartPoleConfig = CartPoleConfig(), *, env=cartpole, **settings):
     """Returns `train_fn(seed) -> (params, metrics)`, pure and ready for `jit`/`vmap`.
 
-    The run takes `total_timesteps // (num_envs * num_steps)` updates. `metrics` holds one
-    entry per update: PPO's metrics (SPEC item 2), `episode_return` (mean return of the
-    episodes that ended during that update's rollout; NaN if none did), `episodes` (how
-    many ended) and `timesteps` (environment steps so far).
+    Args:
+      config: the run's settings (``config.seed`` is not used: the seed is `train_fn`'s
+        argument).
+      env: the environment's functional API (the module docstring); default
+        `rlgen.envs.cartpole`.
+      **settings: `CartPoleConfig` fields that replace ``config``'s
+        (``make_train(num_envs=32)``).
 
-    `bootstrap_truncation`: an episode cut by the 500-step limit did not fail, so its last
-    reward is credited with `gamma * V(final observation)` (Pardo et al. 2018, Time Limits
-    in Reinforcement Learning, arXiv 1712.00378); the episode still ends there (`dones`).
-    It needs the env's `info["truncated"]`, `info["terminated"]` and
-    `info["final_observation"]` (as `rlgen.envs.cartpole` gives); without it a time-out is
-    learnt as a failure (the value of states near the limit is underestimated).
+    `metrics` holds one entry per update: PPO's metrics (`rlgen.algorithms.ppo.METRICS`),
+    `episode_return` (mean return of the episodes that ended during that update's rollout;
+    NaN if none did), `episodes` (how many ended) and `timesteps` (environment steps so
+    far).
     """
-    for name, value in (
-        ("total_timesteps", total_timesteps),
-        ("num_envs", num_envs),
-        ("num_steps", num_steps),
-        ("hidden_size", hidden_size),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+    if not isinstance(config, CartPoleConfig):
+        raise TypeError(
+            "`config` must be a CartPoleConfig (PPO's settings are its `ppo`: "
+            f"CartPoleConfig(ppo=...)), got {type(config).__name__}"
+        )
+    config = dataclasses.replace(config, **settings)
+    ppo_config, num_envs, num_steps = config.ppo, config.num_envs, config.num_steps
     steps_per_update = num_envs * num_steps
-    num_updates = total_timesteps // steps_per_update
-    if num_updates < 1:
-        raise ValueError(
-            f"`total_timesteps` ({total_timesteps}) must cover at least one update of "
-            f"num_envs * num_steps = {steps_per_update} environment steps"
-        )
-    if num_envs % config.num_minibatches:
-        raise ValueError(
-            f"`num_envs` ({num_envs}) must be divisible by config.num_minibatches "
-            f"({config.num_minibatches}): minibatches split the environments' rows"
-        )
-    optimizer_steps = num_updates * config.num_epochs * config.num_minibatches
+    num_updates = config.total_timesteps // steps_per_update
+    optimizer_steps = num_updates * ppo_config.num_epochs * ppo_config.num_minibatches
     schedule = (
-        optax.linear_schedule(learning_rate, 0.0, optimizer_steps) if anneal_lr else learning_rate
+        optax.linear_schedule(config.learning_rate, 0.0, optimizer_steps)
+        if config.anneal_lr
+        else config.learning_rate
     )
     optimizer = optax.adam(schedule)
     reset_many = jax.vmap(env.reset)
@@ -174,8 +216,8 @@ def make_train(
     def train_fn(seed):
         key = jax.random.key(seed)
         key, k_params, k_reset = jax.random.split(key, 3)
-        algo = ppo(policy_fn, optimizer, config, seed=seed)
-        ppo_state = algo.init(init_params(k_params, hidden_size=hidden_size))
+        algo = ppo(policy_fn, optimizer, ppo_config, seed=seed)
+        ppo_state = algo.init(init_params(k_params, hidden_size=config.hidden_size))
         obs, env_state = reset_many(jax.random.split(k_reset, num_envs))
         running_return = jnp.zeros((num_envs,), jnp.float32)
 
@@ -191,7 +233,7 @@ def make_train(
             running_return = running_return + reward
             finished = jnp.where(done, running_return, 0.0)
             running_return = jnp.where(done, 0.0, running_return)
-            if bootstrap_truncation:
+            if config.bootstrap_truncation:
                 missing = [k for k in _TRUNCATION_KEYS if k not in info]
                 if missing:
                     raise ValueError(
@@ -200,7 +242,7 @@ def make_train(
                     )
                 _, final_value = policy_fn(params, info["final_observation"])
                 timed_out = info["truncated"] & ~info["terminated"]
-                reward = reward + jnp.where(timed_out, config.gamma * final_value, 0.0)
+                reward = reward + jnp.where(timed_out, ppo_config.gamma * final_value, 0.0)
             transition = (obs, action, reward, done, value, log_prob, finished)
             return (params, env_state, next_obs, running_return, key), transition
 
@@ -239,14 +281,14 @@ def make_train(
     return train_fn
 
 
-def train(seed=0, config: PPOConfig = DEFAULT_CONFIG, **kwargs):
-    """Compiles and runs one training run; `kwargs` as `make_train`. Returns `(params, metrics)`."""
-    return jax.jit(make_train(config, **kwargs))(seed)
+def train(seed=0, config: CartPoleConfig = CartPoleConfig(), **settings):
+    """Compiles and runs one training run (`settings` as `make_train`): `(params, metrics)`."""
+    return jax.jit(make_train(config, **settings))(seed)
 
 
-def train_many(seeds, config: PPOConfig = DEFAULT_CONFIG, **kwargs):
+def train_many(seeds, config: CartPoleConfig = CartPoleConfig(), **settings):
     """Trains one run per seed in one compiled, vmapped program (leading axis = seed)."""
-    return jax.jit(jax.vmap(make_train(config, **kwargs)))(jnp.asarray(seeds, jnp.int32))
+    return jax.jit(jax.vmap(make_train(config, **settings)))(jnp.asarray(seeds, jnp.int32))
 
 
 # ----------------------------------------------------------------------------------------
@@ -291,54 +333,23 @@ def evaluate(
 
 
 # ----------------------------------------------------------------------------------------
-# The `rlgen cartpole` command
+# A run, evaluated (`rlgen cartpole`)
 # ----------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class CartPoleConfig:
-    """Options of ``rlgen cartpole``."""
+def run(config: CartPoleConfig = CartPoleConfig()) -> dict:
+    """Trains the run of ``config.seed`` and evaluates its greedy policy.
 
-    seed: int = 0
-    total_timesteps: int = TOTAL_TIMESTEPS
-    num_envs: int = NUM_ENVS
-    num_steps: int = NUM_STEPS
-    learning_rate: float = LEARNING_RATE
-    clip_param: float = DEFAULT_CONFIG.clip_param
-    entropy_coeff: float = DEFAULT_CONFIG.entropy_coeff
-    num_epochs: int = DEFAULT_CONFIG.num_epochs
-    num_minibatches: int = DEFAULT_CONFIG.num_minibatches
-    eval_episodes: int = 64
-
-
-def run(config: CartPoleConfig = CartPoleConfig(), *, echo=print) -> dict:
-    """Trains PPO on CartPole-v1 and reports the mean greedy return (``rlgen cartpole``)."""
-    ppo_config = dataclasses.replace(
-        DEFAULT_CONFIG,
-        clip_param=config.clip_param,
-        entropy_coeff=config.entropy_coeff,
-        num_epochs=config.num_epochs,
-        num_minibatches=config.num_minibatches,
-    )
+    Returns ``mean_greedy_return`` (over ``config.eval_episodes`` fresh episodes),
+    ``timesteps`` (environment steps trained) and ``seconds``.
+    """
     start = time.perf_counter()
-    params, _ = train(
-        config.seed,
-        ppo_config,
-        total_timesteps=config.total_timesteps,
-        num_envs=config.num_envs,
-        num_steps=config.num_steps,
-        learning_rate=config.learning_rate,
-    )
+    params, metrics = train(config.seed, config)
     returns = jax.jit(evaluate, static_argnums=2)(
         params, jax.random.key(config.seed + 1), config.eval_episodes
     )
-    result = {
+    return {
         "mean_greedy_return": float(jnp.mean(returns)),
+        "timesteps": int(metrics["timesteps"][-1]),
         "seconds": round(time.perf_counter() - start, 1),
     }
-    echo(
-        f"PPO CartPole-v1: mean greedy return {result['mean_greedy_return']:.1f} over "
-        f"{config.eval_episodes} episodes after {config.total_timesteps} steps "
-        f"({result['seconds']} s)"
-    )
-    return result

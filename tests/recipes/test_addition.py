@@ -1,6 +1,8 @@
-"""The addition recipe: the task's pieces, and a shortened run that must raise held-out
-accuracy by at least 20 points (the full run's figures are in the issue notes)."""
+"""The addition recipe: the task's pieces, its settings, and a shortened run (in a run
+folder, as the `rlgen` command runs it) that must raise held-out accuracy by at least 20
+points."""
 
+import dataclasses
 import json
 
 import jax
@@ -8,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rlgen import cli
+from rlgen.algorithms import GRPOConfig
 from rlgen.recipes import addition as A
 
 
@@ -71,17 +75,32 @@ def test_batches_depend_only_on_seed_and_step():
     np.testing.assert_array_equal(p1, p2["observations"])
 
 
+def test_settings_nest_grpo_with_the_kl_to_the_pretrained_model_pinned():
+    config = A.AdditionConfig()
+    assert isinstance(config.grpo, GRPOConfig)
+    assert config.grpo.reference == "initial"  # KL to the frozen pretrained model
+    assert (config.grpo.num_generations, config.grpo.clip_param, config.grpo.beta) == (8, 0.2, 0.01)
+    assert config.sampling.max_new_tokens == A.ANSWER_LEN
+    with pytest.raises(ValueError, match="grpo.reference"):
+        A.AdditionConfig(grpo=GRPOConfig(reference="batch"))
+    with pytest.raises(ValueError, match="sampling.max_new_tokens"):
+        A.AdditionConfig(sampling=dataclasses.replace(config.sampling, max_new_tokens=9))
+    fields = {f.name for f in dataclasses.fields(A.AdditionConfig)}
+    assert not fields & {f.name for f in dataclasses.fields(GRPOConfig)}  # nested, not copied
+
+
 def test_shortened_run_raises_held_out_accuracy(tmp_path):
-    config = A.AdditionConfig(
-        out_dir=str(tmp_path / "run"), grpo_steps=250, progress=False, eval_every=50
-    )
-    summary = A.run(config, echo=lambda *_: None)
+    config = A.AdditionConfig(grpo_steps=250, eval_every=50)
+    options = cli.RunOptions(out_dir=str(tmp_path / "run"), progress=False)
+    summary = cli.run_recipe("addition", config, options, echo=lambda *_: None)
     before, after = summary["accuracy_before"], summary["accuracy_after"]
     assert 0.05 <= before <= 0.75, "pretraining should stop at partial competence"
     assert after - before >= 0.20, (before, after)
     out = tmp_path / "run"
-    assert json.loads((out / "summary.json").read_text())["accuracy_after"] == after
-    records = A.read_metrics(out / "metrics.jsonl")
+    written = json.loads((out / "summary.json").read_text())
+    assert written["accuracy_after"] == after and written["interrupted"] is False
+    assert written["config"]["grpo_steps"] == 250 and written["config"]["beta"] == 0.01
+    records = cli.read_metrics(out / "metrics.jsonl")
     grpo = [r for r in records if r.get("phase") == "grpo" and "mean_reward" in r]
     assert [r["step"] for r in grpo] == list(range(250))
     evals = [r["heldout_accuracy"] for r in records if "heldout_accuracy" in r]
@@ -98,14 +117,16 @@ def test_shortened_run_raises_held_out_accuracy(tmp_path):
 def test_bad_out_dir_fails_before_any_work(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(A.OutputDirError, match="cannot write"):
-        A.run(A.AdditionConfig(out_dir=str(blocker / "sub")))
+    config = A.AdditionConfig()
+    with pytest.raises(cli.OutputDirError, match="cannot write"):
+        cli.run_recipe("addition", config, cli.RunOptions(out_dir=str(blocker / "sub")))
     existing = tmp_path / "old"
     (existing / "checkpoints").mkdir(parents=True)
-    with pytest.raises(A.OutputDirError, match="--resume"):
-        A.run(A.AdditionConfig(out_dir=str(existing)))
+    with pytest.raises(cli.OutputDirError, match="--resume"):
+        cli.run_recipe("addition", config, cli.RunOptions(out_dir=str(existing)))
 
 
 def test_too_many_devices_is_a_clear_error(tmp_path):
+    options = cli.RunOptions(out_dir=str(tmp_path), devices=64, plot=False)
     with pytest.raises(ValueError, match="--devices 64"):
-        A.run(A.AdditionConfig(out_dir=str(tmp_path), devices=64, plot=False))
+        cli.run_recipe("addition", A.AdditionConfig(), options)

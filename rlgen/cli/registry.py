@@ -1,0 +1,87 @@
+"""The recipes of the ``rlgen`` command: one `Recipe` entry each, in `RECIPES`.
+
+Adding a recipe to the command is adding its entry here. The recipe's module defines its
+config dataclass (every field with a default; `rlgen.cli.options` makes the options from
+it) and ``run``: ``run(config, folder)`` with a run folder (`rlgen.cli.RunFolder`, whose
+`rlgen.cli.RunOptions` are then options too), else ``run(config)``; either returns the
+results the summary line is written from. The module is imported only when its recipe is
+chosen, after ``--devices`` has set up the devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """One sub-command of ``rlgen``.
+
+    Args:
+      name: the sub-command (``rlgen <name>``).
+      help: its line in ``rlgen --help``.
+      description: the text at the top of ``rlgen <name> --help``.
+      module: the recipe's module (imported when the recipe is chosen).
+      config: the name of the recipe's config dataclass in ``module``.
+      report: the summary line printed when the run finishes, a `str.format` template
+        over the results (``{accuracy_after:.1%}``) and ``config``
+        (``{config.eval_episodes}``); runs with a run folder add where their outputs are.
+      run_folder: whether ``run`` takes a run folder (``run(config, folder)``).
+    """
+
+    name: str
+    help: str
+    description: str
+    module: str
+    config: str
+    report: str
+    run_folder: bool = True
+
+    def load(self):
+        """The recipe's module."""
+        return importlib.import_module(self.module)
+
+    def config_type(self) -> type:
+        """The recipe's config dataclass."""
+        return getattr(self.load(), self.config)
+
+    def summary_line(self, results: dict[str, Any], config: Any) -> str:
+        """The line reporting a finished run (``config`` is the config, not the summary's
+        copy of the settings)."""
+        return self.report.format_map({**results, "config": config})
+
+
+RECIPES: dict[str, Recipe] = {
+    recipe.name: recipe
+    for recipe in (
+        Recipe(
+            name="addition",
+            help="pretrain a small LM on two-digit addition, fine-tune it with GRPO (main job)",
+            description=(
+                "Pretrain the built-in transformer LM on two-digit addition to partial "
+                "competence, fine-tune it with GRPO against an exact-answer reward, and "
+                "report held-out accuracy before and after."
+            ),
+            module="rlgen.recipes.addition",
+            config="AdditionConfig",
+            report=(
+                "held-out accuracy {accuracy_before:.1%} -> {accuracy_after:.1%} in "
+                "{seconds:.0f} s"
+            ),
+        ),
+        Recipe(
+            name="cartpole",
+            help="PPO on CartPole-v1, one compiled program",
+            description="PPO on the built-in JAX CartPole-v1; reports the greedy return.",
+            module="rlgen.recipes.ppo_cartpole",
+            config="CartPoleConfig",
+            report=(
+                "PPO CartPole-v1: mean greedy return {mean_greedy_return:.1f} over "
+                "{config.eval_episodes} episodes after {timesteps} steps ({seconds} s)"
+            ),
+            run_folder=False,
+        ),
+    )
+}
