@@ -143,3 +143,60 @@ def test_check_aggregation_names_the_field():
     assert base.check_aggregation("seq-mean-token-mean") == "sequence-mean-token-mean"
     with pytest.raises(ValueError, match="unknown `loss_aggregation` 'mean'.*'token-mean'"):
         base.check_aggregation("mean")
+
+
+# ---------------------------------------------------------------------- state protocol
+
+
+def test_check_state_names_what_is_wrong():
+    from typing import Any, NamedTuple
+
+    class Good(NamedTuple):
+        params: Any
+        opt_state: Any
+        step: Any
+        buffer: Any  # a family's own field, after the three
+
+    base.check_state(Good(jnp.ones(2), (), jnp.zeros((), jnp.int32), jnp.zeros(4)))
+
+    class Reordered(NamedTuple):
+        step: Any
+        params: Any
+        opt_state: Any
+
+    for bad, pattern in [
+        ({"params": 1}, "got dict"),
+        ((1, 2, 3), "got tuple"),
+        (Reordered(0, 1, 2), r"first fields are \('params', 'opt_state', 'step'\); got Reordered"),
+        (Good(1, (), jnp.zeros(()), 0), "integer scalar `step`, got shape \\(\\) dtype float32"),
+        (Good(1, (), jnp.zeros(2, jnp.int32), 0), r"got shape \(2,\)"),
+    ]:
+        with pytest.raises(TypeError, match=pattern):
+            base.check_state(bad)
+
+
+def test_per_model_gives_each_model_its_own_optimizer_and_state():
+    tx = base.per_model({"g": optax.adam(0.1), "d": optax.sgd(1.0)})
+    params = {"g": jnp.zeros(2), "d": jnp.zeros(2)}
+    state = tx.init(params)
+    assert set(state) == {"g", "d"}
+    grads = {"g": jnp.array([1.0, -1.0]), "d": jnp.array([2.0, 0.0])}
+    p, s = base.apply_gradients(tx, params, state, grads)
+    g_alone, _ = optax.adam(0.1).update(grads["g"], optax.adam(0.1).init(params["g"]))
+    np.testing.assert_allclose(p["g"], g_alone, rtol=1e-6)  # Adam's first step on g
+    np.testing.assert_allclose(p["d"], [-2.0, 0.0])  # plain SGD on d
+    assert int(optax.tree_utils.tree_get(s["g"], "count")) == 1
+
+
+def test_ema_update_is_the_polyak_average():
+    average, params = {"w": jnp.zeros(3)}, {"w": jnp.array([1.0, 2.0, -4.0])}
+    np.testing.assert_allclose(base.ema_update(average, params, 0.75)["w"], [0.25, 0.5, -1.0])
+    np.testing.assert_allclose(base.ema_update(average, params, 0.0)["w"], params["w"])
+    np.testing.assert_allclose(base.ema_update(average, params, 1.0)["w"], average["w"])
+    # repeated, it converges to the parameters geometrically: 1 - decay^n of the way
+    avg = average
+    for _ in range(10):
+        avg = base.ema_update(avg, params, 0.9)
+    np.testing.assert_allclose(avg["w"], (1 - 0.9**10) * params["w"], rtol=1e-5)
+    low = base.ema_update({"w": jnp.zeros(2, jnp.bfloat16)}, {"w": jnp.ones(2)}, 0.5)
+    assert low["w"].dtype == jnp.bfloat16  # each leaf keeps its dtype
