@@ -1,6 +1,8 @@
 """Tests for rlgen.ops.aggregation: every mode against a float64 NumPy reference, exactness
-of `(total, count)` accumulation across micro-batches (values and gradients), and the
-`axis_name` path under `shard_map` on 8 CPU devices.
+of `(total, count)` accumulation across micro-batches (values and gradients), the
+`axis_name` path under `shard_map` on 8 CPU devices, the per-shard shares
+`global_token_mean` / `global_count`, and the masked reductions `masked_sum` /
+`masked_mean`.
 """
 
 import functools
@@ -53,6 +55,24 @@ def ref_aggregate(values, mask, mode, norm=None):
     return sum(sum(row) for row in rows) / (batch * norm)
 
 
+def ref_masked_sum_rows(x, mask):
+    """Row sums over the last axis, skipping masked entries (which may hold NaN)."""
+    x, mask = np.asarray(x, np.float64), np.asarray(mask)
+    out = np.zeros(x.shape[:-1])
+    for idx in np.ndindex(x.shape[:-1]):
+        out[idx] = sum(x[idx][t] for t in range(x.shape[-1]) if mask[idx][t])
+    return out
+
+
+def ref_masked_mean_rows(x, mask):
+    x, mask = np.asarray(x, np.float64), np.asarray(mask)
+    out = np.zeros(x.shape[:-1])
+    for idx in np.ndindex(x.shape[:-1]):
+        vals = [x[idx][t] for t in range(x.shape[-1]) if mask[idx][t]]
+        out[idx] = sum(vals) / len(vals) if vals else 0.0
+    return out
+
+
 # ----------------------------------------------------------------------------- strategies
 
 SHAPES = [(1, 1), (1, 7), (2, 3), (3, 12), (5, 4), (5, 12)]
@@ -79,6 +99,8 @@ def masked_values(draw, shapes=SHAPES):
 
 _jit_aggregate = jax.jit(agg.aggregate, static_argnames="mode")
 _jit_parts = jax.jit(agg.aggregate_parts, static_argnames="mode")
+_jit_masked_sum = jax.jit(agg.masked_sum, static_argnames="axis")
+_jit_masked_mean = jax.jit(agg.masked_mean, static_argnames="axis")
 
 
 # ----------------------------------------------------------------------------- reference
@@ -214,13 +236,6 @@ def test_naive_accumulation_of_means_is_not_exact():
 # ----------------------------------------------------------------------------- shard_map
 
 
-@pytest.fixture(scope="module")
-def mesh():
-    if jax.device_count() < 8:
-        pytest.skip("needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)")
-    return jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
-
-
 @pytest.mark.parametrize("mode", ALL_NAMES)
 def test_shard_map_with_axis_name_equals_single_device(mesh, mode):
     rng = np.random.default_rng(len(mode))
@@ -265,6 +280,78 @@ def test_shard_map_without_axis_name_is_local(mesh):
         )
     )(values_s)
     np.testing.assert_allclose(local, values.reshape(8, 4).mean(axis=1))
+
+
+# ------------------------------------------------------------------ masked_sum / masked_mean
+
+
+@given(
+    st.sampled_from([(1, 1), (1, 12), (3, 4), (5, 12)]),
+    st.sampled_from([-1, 0, None, (0, 1)]),
+    st.floats(0.0, 1.0),
+    st.integers(0, 2**31 - 1),
+)
+def test_masked_sum_and_mean_match_reference(shape, axis, keep, seed):
+    b, t = shape
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((b, t)).astype(np.float32)
+    mask = rng.random((b, t)) < keep
+    if b > 1:
+        mask[rng.integers(b)] = False  # an all-masked row
+    x_nan = np.where(mask, x, np.nan).astype(np.float32)  # NaN wherever masked
+
+    s = _jit_masked_sum(x_nan, mask, axis=axis)
+    m = _jit_masked_mean(x_nan, mask, axis=axis)
+    if axis == -1:
+        want_s, want_m = ref_masked_sum_rows(x, mask), ref_masked_mean_rows(x, mask)
+    elif axis == 0:
+        want_s, want_m = ref_masked_sum_rows(x.T, mask.T), ref_masked_mean_rows(x.T, mask.T)
+    else:  # all axes
+        flat_x, flat_m = x.reshape(1, -1), mask.reshape(1, -1)
+        want_s = ref_masked_sum_rows(flat_x, flat_m)[0]
+        want_m = ref_masked_mean_rows(flat_x, flat_m)[0]
+    np.testing.assert_allclose(s, want_s, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(m, want_m, rtol=RTOL, atol=ATOL)
+    assert np.all(np.isfinite(np.asarray(m)))
+
+    # masked_mean == masked_sum / count wherever count > 0, and 0 where the count is 0.
+    count = np.asarray(mask, np.float64).sum(axis=None if axis == (0, 1) else axis)
+    ratio = np.where(count > 0, np.asarray(s) / np.where(count > 0, count, 1), 0.0)
+    np.testing.assert_allclose(m, ratio, rtol=1e-5, atol=1e-6)
+
+
+def test_masked_mean_all_masked_is_zero_and_nan_does_not_leak():
+    x = jnp.array([[1.0, jnp.nan, 3.0], [jnp.nan, jnp.inf, -jnp.inf]])
+    mask = jnp.array([[1, 0, 1], [0, 0, 0]])
+    np.testing.assert_array_equal(agg.masked_mean(x, mask), [2.0, 0.0])
+    np.testing.assert_array_equal(agg.masked_sum(x, mask), [4.0, 0.0])
+    np.testing.assert_array_equal(agg.masked_mean(x, mask, axis=None), 2.0)
+    # Gradients: 1/count on selected entries, exactly 0 (not NaN) on masked ones.
+    g_mean = jax.grad(lambda x: jnp.sum(agg.masked_mean(x, mask)))(x)
+    np.testing.assert_array_equal(g_mean, [[0.5, 0.0, 0.5], [0.0, 0.0, 0.0]])
+    g_sum = jax.grad(lambda x: jnp.sum(agg.masked_sum(x, mask)))(x)
+    np.testing.assert_array_equal(g_sum, [[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    # mask=None means every entry counts.
+    y = jnp.array([[1.0, 2.0, 6.0]])
+    np.testing.assert_array_equal(agg.masked_mean(y), [3.0])
+    np.testing.assert_array_equal(agg.masked_sum(y), [9.0])
+
+
+def test_masked_reductions_compose_with_jit_vmap_and_grad():
+    rng = np.random.default_rng(5)
+    w = jnp.asarray(rng.standard_normal((3, 4)), jnp.float32)
+    mask = jnp.array([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    for fn, ref in ((agg.masked_sum, ref_masked_sum_rows), (agg.masked_mean, ref_masked_mean_rows)):
+        np.testing.assert_allclose(jax.jit(fn)(w, mask), ref(w, mask), rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(jax.vmap(fn)(w, mask), ref(w, mask), rtol=RTOL, atol=ATOL)
+        check_grads(
+            jax.jit(lambda x, f=fn: f(x, mask)), (w,), 1, modes=("fwd", "rev"), atol=1e-2,
+            rtol=1e-2, eps=1e-2,
+        )  # fmt: skip
+        with pytest.raises(ValueError, match="`mask`"):
+            fn(w, jnp.ones((4, 3)))
+        with pytest.raises(TypeError, match="`x`"):
+            fn(w.astype(jnp.int32), mask)
 
 
 # ----------------------------------------------------------------------------- composition
