@@ -224,6 +224,73 @@ def test_gradient_accumulation_is_exact_for_every_mode(layout, seed, kind):
         np.testing.assert_allclose(value, want, rtol=1e-5, atol=1e-6, err_msg=mode)
 
 
+@given(
+    st.sampled_from([((2, 5), 1), ((4, 3), 3), ((5, 6), 2)]),  # ((B, T), split row)
+    st.integers(0, 2**31 - 1),
+    st.sampled_from(["random", "empty-rows", "all-empty"]),
+)
+def test_global_token_mean_shares_of_micro_batches_sum_to_the_aggregate(layout, seed, kind):
+    (b, t), split = layout
+    rng = np.random.default_rng(seed)
+    theta = jnp.asarray(rng.standard_normal(3), jnp.float32)
+    x = rng.standard_normal((b, t)).astype(np.float32)
+    mask = rng.random((b, t)) < 0.6
+    if kind == "empty-rows":
+        mask[rng.integers(b)] = False
+    elif kind == "all-empty":
+        mask[:] = False
+    for mode in MODES:
+        count = agg.global_count(mask, mode)
+        assert float(count) == float(agg.aggregate_parts(x, mask, mode)[1])
+
+        def shares(theta, mode=mode, count=count):
+            parts = (slice(None, split), slice(split, None))
+            return sum(
+                agg.global_token_mean(per_token_loss(theta, x[r]), mask[r], mode, count=count)
+                for r in parts
+            )
+
+        def whole(theta, mode=mode):
+            return agg.aggregate(per_token_loss(theta, x), mask, mode)
+
+        value, grad = jax.value_and_grad(shares)(theta)
+        np.testing.assert_allclose(value, whole(theta), rtol=1e-5, atol=1e-6, err_msg=mode)
+        np.testing.assert_allclose(grad, jax.grad(whole)(theta), rtol=1e-5, atol=1e-6, err_msg=mode)
+        want = ref_aggregate(np.asarray(per_token_loss(theta, x)), mask, mode)
+        np.testing.assert_allclose(value, want, rtol=1e-5, atol=1e-6, err_msg=mode)
+
+
+def test_global_token_mean_without_count_or_axis_is_the_local_aggregate():
+    x = jnp.array([[1.0, 3.0], [5.0, jnp.nan]])
+    m = jnp.array([[1, 1], [1, 0]])
+    for mode in ALL_NAMES:
+        np.testing.assert_allclose(
+            agg.global_token_mean(x, m, mode), agg.aggregate(x, m, mode), rtol=1e-6
+        )
+    # The count is a constant of the loss: no gradient flows into it.
+    assert float(jax.grad(lambda n: agg.global_token_mean(x, m, count=n))(3.0)) == 0.0
+    assert float(agg.global_token_mean(x, m, count=0.0)) == 0.0  # 0, not NaN
+    np.testing.assert_allclose(agg.global_token_mean(x, m, count=9.0), 1.0)
+
+
+def test_global_token_mean_and_count_bad_input():
+    x, m = jnp.zeros((2, 3)), jnp.ones((2, 3))
+    with pytest.raises(ValueError, match="`count`"):
+        agg.global_token_mean(x, m, count=-1.0)
+    with pytest.raises(ValueError, match="`count`"):
+        agg.global_token_mean(x, m, count=jnp.ones(2))
+    with pytest.raises(ValueError, match="`mode`"):
+        agg.global_token_mean(x, m, "token-sum")
+    with pytest.raises(ValueError, match="`mask` must have rank 2"):
+        agg.global_count(jnp.ones(3))
+    with pytest.raises(TypeError, match="`mask`"):
+        agg.global_count(jnp.ones((2, 3), jnp.complex64))
+    with pytest.raises(ValueError, match="`mode`"):
+        agg.global_count(m, "tokens")
+    with pytest.raises(ValueError, match="unknown `loss_aggregation` 'x'; expected one of"):
+        agg.canonical_mode("x", "loss_aggregation")
+
+
 def test_naive_accumulation_of_means_is_not_exact():
     # The contrast that makes the exactness test meaningful: averaging per-micro-batch
     # token means differs from the full token mean when micro-batches hold different counts.
