@@ -468,7 +468,7 @@ def _kernel(name, method="scan"):
 KERNELS = ["returns", "td", "gae", "lambda"]
 
 
-def test_guide_wrappers_equal_general_kernels():
+def test_tutorial_wrappers_equal_general_kernels():
     cases = [
         (R, V, DONES, MASK),
         (R, V[:, :T], DONES, MASK),  # no bootstrap
@@ -484,7 +484,7 @@ def test_guide_wrappers_equal_general_kernels():
                 np.asarray(J_COMPUTE_GAE(r, v, d, gamma, lam, m)),
                 np.asarray(J_GAE(r, v, gamma, lam, dones=d, mask=m, method="scan")),
             )
-    # The guide's defaults: gamma 0.99, gae_lambda 0.95, no dones, no mask.
+    # The wrappers' defaults: gamma 0.99, gae_lambda 0.95, no dones, no mask.
     np.testing.assert_allclose(
         np.asarray(J_COMPUTE_GAE(R, V)),
         ref_gae(R.astype(float), V.astype(float), 0.99, 0.95, np.zeros((B, T)), np.ones((B, T))),
@@ -682,7 +682,7 @@ def test_lambda_out_of_range(fn, lam):
         fn(np.zeros((2, 3), np.float32), np.zeros((2, 4), np.float32), 0.9, lam)
 
 
-def test_guide_wrapper_checks_gae_lambda():
+def test_tutorial_wrapper_checks_gae_lambda():
     with pytest.raises(ValueError, match="lambda"):
         ops.compute_gae_advantages(
             np.zeros((2, 3), np.float32), np.zeros((2, 4), np.float32), gae_lambda=2.0
