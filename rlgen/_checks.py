@@ -71,12 +71,13 @@ def check_shape(x: jax.Array, shape: tuple[int, ...], name: str, like: str = "")
 def _array(
     x: Any,
     name: str,
-    dtype_check,
-    rank: int | Iterable[int] | None,
-    min_rank: int | None,
-    shape: tuple[int, ...] | None,
-    like: str,
-    what: str,
+    dtype_check: Any,
+    *,
+    rank: int | Iterable[int] | None = None,
+    min_rank: int | None = None,
+    shape: tuple[int, ...] | None = None,
+    like: str = "",
+    what: str = "",
 ) -> jax.Array:
     x = as_array(x, name)
     if rank is not None:
@@ -84,31 +85,21 @@ def _array(
     if min_rank is not None and x.ndim < min_rank:
         hint = f" {what}" if what else ""
         raise ValueError(f"`{name}` must have rank >= {min_rank}{hint}, got {_describe(x)}")
-    if dtype_check is not None:
-        dtype_check(x, name)
+    dtype_check(x, name)
     if shape is not None:
         check_shape(x, shape, name, like)
     return x
 
 
-def float_array(
-    x: Any,
-    name: str,
-    *,
-    rank: int | Iterable[int] | None = None,
-    min_rank: int | None = None,
-    shape: tuple[int, ...] | None = None,
-    like: str = "",
-    what: str = "",
-    upcast: bool = False,
-) -> jax.Array:
+def float_array(x: Any, name: str, *, upcast: bool = False, **checks: Any) -> jax.Array:
     """`x` as a floating JAX array, checked in the order rank, dtype, shape.
 
-    Every check names `name` and shows what came (shape and dtype): a rank outside `rank`
-    (or below `min_rank`) and a shape other than `shape` raise ValueError (`what` and
-    `like` explain the expected rank and shape), a non-floating dtype raises TypeError.
-    With `upcast`, the array comes back in at least float32 (bfloat16 becomes float32,
-    float64 stays).
+    Checks (keywords, all optional): `rank` (an int or several allowed ranks), `min_rank`,
+    `shape` (a tuple), and for the messages `what` (what the rank means, e.g. "([B, T])")
+    and `like` (the argument whose shape `shape` is). Every check names `name` and shows
+    what came (shape and dtype): a wrong rank or shape raises ValueError, a non-floating
+    dtype TypeError. With `upcast`, the array comes back in at least float32 (bfloat16
+    becomes float32, float64 stays).
 
     Example:
       >>> float_array([1.0, 2.0], "rewards", rank=1).shape
@@ -118,7 +109,7 @@ def float_array(
       ...
       ValueError: `v` must have shape (2, 4) (the shape of `r`), got shape (2, 3) dtype float32
     """
-    x = _array(x, name, check_float, rank, min_rank, shape, like, what)
+    x = _array(x, name, check_float, **checks)
     return x.astype(jnp.promote_types(x.dtype, jnp.float32)) if upcast else x
 
 
@@ -135,16 +126,9 @@ def float_pair(x: Any, y: Any, x_name: str, y_name: str) -> tuple[jax.Array, jax
     return x, y.astype(x.dtype)
 
 
-def int_array(
-    x: Any,
-    name: str,
-    *,
-    rank: int | Iterable[int] | None = None,
-    shape: tuple[int, ...] | None = None,
-    like: str = "",
-    what: str = "",
-) -> jax.Array:
-    """`x` as an integer JAX array (e.g. token ids), checked like `float_array`.
+def int_array(x: Any, name: str, **checks: Any) -> jax.Array:
+    """`x` as an integer JAX array (e.g. token ids), with the rank and shape checks
+    (`rank`, `min_rank`, `shape`, `like`, `what`) of `float_array`.
 
     Example:
       >>> int_array(jnp.array([0.0, 1.0]), "actions")
@@ -152,20 +136,12 @@ def int_array(
       ...
       TypeError: `actions` must have an integer dtype (token ids), got shape (2,) dtype float32
     """
-    return _array(x, name, check_integer, rank, None, shape, like, what)
+    return _array(x, name, check_integer, **checks)
 
 
-def real_array(
-    x: Any,
-    name: str,
-    *,
-    rank: int | Iterable[int] | None = None,
-    shape: tuple[int, ...] | None = None,
-    like: str = "",
-    what: str = "",
-) -> jax.Array:
-    """`x` as a JAX array of any real dtype (bool, integer or floating), checked like
-    `float_array`; for counts such as lengths, which may come as ints or floats.
+def real_array(x: Any, name: str, **checks: Any) -> jax.Array:
+    """`x` as a JAX array of any real dtype (bool, integer or floating), with the rank and
+    shape checks of `float_array`; for masks and counts such as lengths.
 
     Example:
       >>> real_array(jnp.array([3, 4]), "lengths", shape=(3,))
@@ -173,7 +149,7 @@ def real_array(
       ...
       ValueError: `lengths` must have shape (3,), got shape (2,) dtype int32
     """
-    return _array(x, name, _check_real, rank, None, shape, like, what)
+    return _array(x, name, _check_real, **checks)
 
 
 def _check_real(x: jax.Array, name: str) -> None:

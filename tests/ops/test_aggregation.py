@@ -195,15 +195,16 @@ def _accumulated(theta, x, mask, split):
     return out
 
 
-@given(
-    st.sampled_from([((2, 5), 1), ((4, 3), 3), ((5, 6), 2)]),  # ((B, T), split row)
-    st.integers(0, 2**31 - 1),
-    st.sampled_from(["random", "empty-rows", "all-empty"]),
-)
-def test_gradient_accumulation_is_exact_for_every_mode(layout, seed, kind):
-    (b, t), split = layout
-    rng = np.random.default_rng(seed)
+@st.composite
+def micro_batched(draw):
+    """`(theta, x, mask, split)`: parameters, a finite `[B, T]` batch and its mask, and the
+    row where the batch splits into two micro-batches (one may hold no valid token)."""
+    (b, t), split = draw(st.sampled_from([((2, 5), 1), ((4, 3), 3), ((5, 6), 2)]))
+    kind = draw(st.sampled_from(["random", "empty-rows", "all-empty"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
     theta = jnp.asarray(rng.standard_normal(3), jnp.float32)
+    # x stays finite: a NaN input would make d loss / d theta NaN at masked tokens, and
+    # 0 * NaN = NaN in the caller's own backward pass, whatever the aggregation does.
     x = rng.standard_normal((b, t)).astype(np.float32)
     mask = rng.random((b, t)) < 0.6
     if kind == "empty-rows":
@@ -212,10 +213,11 @@ def test_gradient_accumulation_is_exact_for_every_mode(layout, seed, kind):
             mask[:split] = False  # a micro-batch with no valid token at all
     elif kind == "all-empty":
         mask[:] = False
-    # x stays finite: a NaN input would make d loss / d theta NaN at masked tokens, and
-    # 0 * NaN = NaN in the caller's own backward pass, whatever the aggregation does.
+    return theta, x, mask, split
 
-    results = _accumulated(theta, x, mask, split)  # one compile per (shape, split)
+
+def _check_against_the_whole_batch(results, theta, x, mask):
+    """`results[mode] = (value, grad, accumulated value, accumulated grad)`."""
     for mode, (value, grad, acc_value, acc_grad) in results.items():
         np.testing.assert_allclose(acc_value, value, rtol=1e-5, atol=1e-6, err_msg=mode)
         np.testing.assert_allclose(acc_grad, grad, rtol=1e-5, atol=1e-6, err_msg=mode)
@@ -224,24 +226,21 @@ def test_gradient_accumulation_is_exact_for_every_mode(layout, seed, kind):
         np.testing.assert_allclose(value, want, rtol=1e-5, atol=1e-6, err_msg=mode)
 
 
-@given(
-    st.sampled_from([((2, 5), 1), ((4, 3), 3), ((5, 6), 2)]),  # ((B, T), split row)
-    st.integers(0, 2**31 - 1),
-    st.sampled_from(["random", "empty-rows", "all-empty"]),
-)
-def test_global_token_mean_shares_of_micro_batches_sum_to_the_aggregate(layout, seed, kind):
-    (b, t), split = layout
-    rng = np.random.default_rng(seed)
-    theta = jnp.asarray(rng.standard_normal(3), jnp.float32)
-    x = rng.standard_normal((b, t)).astype(np.float32)
-    mask = rng.random((b, t)) < 0.6
-    if kind == "empty-rows":
-        mask[rng.integers(b)] = False
-    elif kind == "all-empty":
-        mask[:] = False
+@given(micro_batched())
+def test_gradient_accumulation_is_exact_for_every_mode(problem):
+    theta, x, mask, split = problem
+    results = _accumulated(theta, x, mask, split)  # one compile per (shape, split)
+    _check_against_the_whole_batch(results, theta, x, mask)
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _shares(theta, x, mask, split):
+    """For every mode: the whole batch's aggregate and gradient, and the sum of the two
+    micro-batches' `global_token_mean` shares (with the whole mask's `global_count`) and
+    of their gradients."""
+    out = {}
     for mode in MODES:
         count = agg.global_count(mask, mode)
-        assert float(count) == float(agg.aggregate_parts(x, mask, mode)[1])
 
         def shares(theta, mode=mode, count=count):
             parts = (slice(None, split), slice(split, None))
@@ -253,11 +252,16 @@ def test_global_token_mean_shares_of_micro_batches_sum_to_the_aggregate(layout, 
         def whole(theta, mode=mode):
             return agg.aggregate(per_token_loss(theta, x), mask, mode)
 
-        value, grad = jax.value_and_grad(shares)(theta)
-        np.testing.assert_allclose(value, whole(theta), rtol=1e-5, atol=1e-6, err_msg=mode)
-        np.testing.assert_allclose(grad, jax.grad(whole)(theta), rtol=1e-5, atol=1e-6, err_msg=mode)
-        want = ref_aggregate(np.asarray(per_token_loss(theta, x)), mask, mode)
-        np.testing.assert_allclose(value, want, rtol=1e-5, atol=1e-6, err_msg=mode)
+        out[mode] = (*jax.value_and_grad(whole)(theta), *jax.value_and_grad(shares)(theta))
+    return out
+
+
+@given(micro_batched())
+def test_global_token_mean_shares_of_micro_batches_sum_to_the_aggregate(problem):
+    theta, x, mask, split = problem
+    _check_against_the_whole_batch(_shares(theta, x, mask, split), theta, x, mask)
+    for mode in MODES:
+        assert float(agg.global_count(mask, mode)) == float(agg.aggregate_parts(x, mask, mode)[1])
 
 
 def test_global_token_mean_without_count_or_axis_is_the_local_aggregate():
