@@ -48,6 +48,9 @@ def masked_moments(x, mask=None, *, ddof=0, axis_name=None):
     Example:
       >>> masked_moments(jnp.array([1.0, 3.0, 100.0]), jnp.array([1, 1, 0]))
       (Array(2., dtype=float32), Array(1., dtype=float32))
+
+    Reference: the masked, all-reduced batch statistics of data-parallel advantage
+    whitening (Andrychowicz et al. 2021, What Matters in On-Policy RL, arXiv 2006.05990).
     """
     x = _checks.float_array(x, "x", upcast=True)
     m = _checks.as_mask(mask, x.shape, "mask", "x")

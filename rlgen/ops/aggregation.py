@@ -45,6 +45,9 @@ def canonical_mode(mode: str, name: str = "mode") -> str:
     Example:
       >>> canonical_mode("seq-mean-token-mean")
       'sequence-mean-token-mean'
+
+    Reference: the loss aggregation modes of verl (Sheng et al. 2024, HybridFlow,
+    arXiv 2409.19256).
     """
     if isinstance(mode, str) and mode in _ALIASES:
         return _ALIASES[mode]
@@ -85,6 +88,9 @@ def aggregate_parts(values, mask=None, mode="token-mean", *, norm=None):
       >>> x = jnp.array([[1.0, 3.0], [5.0, 0.0]]); m = jnp.array([[1, 1], [1, 0]])
       >>> aggregate_parts(x, m, "token-mean")
       (Array(9., dtype=float32), Array(3., dtype=float32))
+
+    Reference: Liu et al. 2025, Dr.GRPO (arXiv 2503.20783); Yu et al. 2025, DAPO
+    (arXiv 2503.14476).
     """
     mode = canonical_mode(mode)
     values, m = _values_and_mask(values, mask, "values", rank=2, what="([B, T] per-token values)")

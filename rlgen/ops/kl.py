@@ -114,6 +114,8 @@ def entropy(log_probs):
     Example:
       >>> entropy(jnp.log(jnp.array([0.5, 0.5])))
       Array(0.6931472, dtype=float32)
+
+    Reference: Shannon (1948), A Mathematical Theory of Communication.
     """
     log_probs = _check_distribution(log_probs, "log_probs")
     return -jnp.sum(_xlogy_terms(log_probs, jnp.zeros_like(log_probs)), axis=-1)
@@ -126,6 +128,8 @@ def compute_policy_entropy(log_probs):
     Example:
       >>> compute_policy_entropy(jnp.log(jnp.full((2, 4), 0.25)))
       Array([1.3862944, 1.3862944], dtype=float32)
+
+    Reference: Shannon (1948); the entropy bonus of Williams & Peng (1991).
     """
     return entropy(log_probs)
 
@@ -137,5 +141,7 @@ def compute_kl_divergence(policy_log_probs, ref_log_probs):
     Example:
       >>> compute_kl_divergence(jnp.log(jnp.array([0.5, 0.5])), jnp.log(jnp.array([0.5, 0.5])))
       Array(0., dtype=float32)
+
+    Reference: Kullback & Leibler (1951), On Information and Sufficiency.
     """
     return kl_divergence(policy_log_probs, ref_log_probs)

@@ -101,6 +101,8 @@ def token_log_probs(logits, actions):
     Example:
       >>> token_log_probs(jnp.log(jnp.array([[0.25, 0.75]])), jnp.array([1]))
       Array([-0.28768], dtype=float32)
+
+    Reference: the score-function (REINFORCE) log-likelihood, Williams (1992).
     """
     logits, actions = _check_logits_actions(logits, actions)
     log_p = jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)))
@@ -130,6 +132,9 @@ def token_log_probs_memory_light(logits, actions):
       >>> z = jnp.log(jnp.array([[0.25, 0.75], [0.5, 0.5]]))
       >>> token_log_probs_memory_light(z, jnp.array([1, 0])).round(4)
       Array([-0.2877, -0.6931], dtype=float32)
+
+    Reference: Williams (1992); gradient checkpointing, Chen et al. 2016, Training Deep
+    Nets with Sublinear Memory Cost (arXiv 1604.06174).
     """
     logits, actions = _check_logits_actions(logits, actions)
     lead, vocab = logits.shape[:-1], logits.shape[-1]
@@ -161,6 +166,9 @@ def token_log_probs_from_hidden(hidden, unembedding, actions, *, bias=None, chun
       >>> h = jnp.ones((1, 2, 3)); w = jnp.zeros((3, 4))
       >>> token_log_probs_from_hidden(h, w, jnp.array([[0, 3]]), chunk_size=1)
       Array([[-1.3862944, -1.3862944]], dtype=float32)
+
+    Reference: Wijmans et al. 2024, Cut Your Losses in Large-Vocabulary Language Models
+    (arXiv 2411.09009), for computing the loss without materialising the logits.
     """
     unembedding = _checks.float_array(unembedding, "unembedding", rank=2, what="([D, V])")
     hidden = _checks.float_array(hidden, "hidden")

@@ -206,6 +206,9 @@ def compute_clipped_surrogate_loss(log_probs, old_log_probs, advantages, clip_pa
     Example:
       >>> compute_clipped_surrogate_loss(jnp.zeros(4), jnp.zeros(4), jnp.ones(4))
       Array(-1., dtype=float32)
+
+    Reference: Schulman et al. 2017, Proximal Policy Optimization Algorithms
+    (arXiv 1707.06347).
     """
     out = clipped_surrogate_loss(log_probs, old_log_probs, advantages, mask, epsilon_low=clip_param)
     loss = out.loss

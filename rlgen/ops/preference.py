@@ -52,6 +52,8 @@ class PreferenceLossType:
     Example:
       >>> LOSS_TYPES["robust"].uses_label_smoothing, LOSS_TYPES["ipo"].length_normalized
       (True, True)
+
+    Reference: the papers of the entries (each entry's `paper`).
     """
 
     name: str
@@ -282,6 +284,8 @@ def preference_loss(
       >>> lp = jnp.array([-3.0]); out = preference_loss(lp, lp, lp, lp)
       >>> out.losses
       Array([0.6931472], dtype=float32)
+
+    Reference: the paper of each loss type, listed above.
     """
     spec = check_loss_settings(loss_type, label_smoothing)
     _checks.check_range(beta, "beta", 0.0, low_open=True)

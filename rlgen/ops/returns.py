@@ -273,6 +273,8 @@ def compute_discounted_returns(rewards, gamma=0.99, dones=None, mask=None):
     Example:
       >>> compute_discounted_returns(jnp.array([1.0, 1.0]), gamma=0.9)
       Array([1.9, 1. ], dtype=float32)
+
+    Reference: Sutton & Barto, Reinforcement Learning: An Introduction (2018), eq. 3.8.
     """
     return discounted_returns(rewards, gamma, dones=dones, mask=mask)
 
@@ -285,5 +287,8 @@ def compute_gae_advantages(rewards, values, dones=None, gamma=0.99, gae_lambda=0
     Example:
       >>> compute_gae_advantages(jnp.array([1.0]), jnp.array([0.0, 0.0]), gamma=0.9)
       Array([1.], dtype=float32)
+
+    Reference: Schulman et al. 2016, High-Dimensional Continuous Control Using
+    Generalized Advantage Estimation (arXiv 1506.02438).
     """
     return gae_advantages(rewards, values, gamma, gae_lambda, dones=dones, mask=mask)
