@@ -68,19 +68,104 @@ def check_shape(x: jax.Array, shape: tuple[int, ...], name: str, like: str = "")
         raise ValueError(f"`{name}` must have shape {tuple(shape)}{ref}, got {_describe(x)}")
 
 
+def _array(
+    x: Any,
+    name: str,
+    dtype_check: Any,
+    *,
+    rank: int | Iterable[int] | None = None,
+    min_rank: int | None = None,
+    shape: tuple[int, ...] | None = None,
+    like: str = "",
+    what: str = "",
+) -> jax.Array:
+    x = as_array(x, name)
+    if rank is not None:
+        check_rank(x, rank, name, what)
+    if min_rank is not None and x.ndim < min_rank:
+        hint = f" {what}" if what else ""
+        raise ValueError(f"`{name}` must have rank >= {min_rank}{hint}, got {_describe(x)}")
+    dtype_check(x, name)
+    if shape is not None:
+        check_shape(x, shape, name, like)
+    return x
+
+
+def float_array(x: Any, name: str, *, upcast: bool = False, **checks: Any) -> jax.Array:
+    """`x` as a floating JAX array, checked in the order rank, dtype, shape.
+
+    Checks (keywords, all optional): `rank` (an int or several allowed ranks), `min_rank`,
+    `shape` (a tuple), and for the messages `what` (what the rank means, e.g. "([B, T])")
+    and `like` (the argument whose shape `shape` is). Every check names `name` and shows
+    what came (shape and dtype): a wrong rank or shape raises ValueError, a non-floating
+    dtype TypeError. With `upcast`, the array comes back in at least float32 (bfloat16
+    becomes float32, float64 stays).
+
+    Example:
+      >>> float_array([1.0, 2.0], "rewards", rank=1).shape
+      (2,)
+      >>> float_array(jnp.zeros((2, 3)), "v", shape=(2, 4), like="r")
+      Traceback (most recent call last):
+      ...
+      ValueError: `v` must have shape (2, 4) (the shape of `r`), got shape (2, 3) dtype float32
+    """
+    x = _array(x, name, check_float, **checks)
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32)) if upcast else x
+
+
+def float_pair(x: Any, y: Any, x_name: str, y_name: str) -> tuple[jax.Array, jax.Array]:
+    """`x` and a `y` of the same shape, both floating, both cast to `x`'s dtype upcast to
+    at least float32 (e.g. log-probs and their reference or behaviour-policy values).
+
+    Example:
+      >>> float_pair(jnp.zeros(2, jnp.bfloat16), jnp.ones(2), "log_probs", "old")[1].dtype
+      dtype('float32')
+    """
+    x = float_array(x, x_name, upcast=True)
+    y = float_array(y, y_name, shape=x.shape, like=x_name)
+    return x, y.astype(x.dtype)
+
+
+def int_array(x: Any, name: str, **checks: Any) -> jax.Array:
+    """`x` as an integer JAX array (e.g. token ids), with the rank and shape checks
+    (`rank`, `min_rank`, `shape`, `like`, `what`) of `float_array`.
+
+    Example:
+      >>> int_array(jnp.array([0.0, 1.0]), "actions")
+      Traceback (most recent call last):
+      ...
+      TypeError: `actions` must have an integer dtype (token ids), got shape (2,) dtype float32
+    """
+    return _array(x, name, check_integer, **checks)
+
+
+def real_array(x: Any, name: str, **checks: Any) -> jax.Array:
+    """`x` as a JAX array of any real dtype (bool, integer or floating), with the rank and
+    shape checks of `float_array`; for masks and counts such as lengths.
+
+    Example:
+      >>> real_array(jnp.array([3, 4]), "lengths", shape=(3,))
+      Traceback (most recent call last):
+      ...
+      ValueError: `lengths` must have shape (3,), got shape (2,) dtype int32
+    """
+    return _array(x, name, _check_real, **checks)
+
+
+def _check_real(x: jax.Array, name: str) -> None:
+    if not (
+        jnp.issubdtype(x.dtype, jnp.bool_)
+        or jnp.issubdtype(x.dtype, jnp.integer)
+        or jnp.issubdtype(x.dtype, jnp.floating)
+    ):
+        raise TypeError(f"`{name}` must be boolean, integer or floating, got {_describe(x)}")
+
+
 def as_mask(mask: Any, shape: tuple[int, ...], name: str = "mask", like: str = "") -> jax.Array:
     """Validates an optional 0/1 mask of `shape` and returns it as float32 (ones if None)."""
     if mask is None:
         return jnp.ones(shape, jnp.float32)
-    mask = as_array(mask, name)
-    check_shape(mask, shape, name, like)
-    if not (
-        jnp.issubdtype(mask.dtype, jnp.bool_)
-        or jnp.issubdtype(mask.dtype, jnp.integer)
-        or jnp.issubdtype(mask.dtype, jnp.floating)
-    ):
-        raise TypeError(f"`{name}` must be boolean, integer or floating, got {_describe(mask)}")
-    return mask.astype(jnp.float32)
+    return real_array(mask, name, shape=shape, like=like).astype(jnp.float32)
 
 
 def concrete_value(x: Any) -> float | None:
@@ -147,22 +232,29 @@ def check_choice(value: Any, choices: Iterable[str] | Mapping[str, Any], name: s
     return value
 
 
-def check_positive_int(x: Any, name: str) -> int:
-    """Raises unless `x` is a Python int >= 1 (a static size); returns it."""
-    if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
-        raise TypeError(f"`{name}` must be a Python int (a static size), got {type(x).__name__}")
-    if x < 1:
-        raise ValueError(f"`{name}` must be >= 1, got {x}")
-    return int(x)
+def check_int(x: Any, name: str, low: int | None = None, *, what: str = "an int") -> int:
+    """Raises unless `x` is a Python or NumPy int (not a bool) >= `low`; returns it as int.
 
+    `what` words the TypeError (e.g. "a Python int (a static size)").
 
-def check_int(x: Any, name: str, low: int | None = None) -> int:
-    """Raises unless `x` is a Python int (not bool) >= `low`; returns it."""
+    Example:
+      >>> check_int(3, "every_n_steps", low=1)
+      3
+      >>> check_int(0, "every_n_steps", low=1)
+      Traceback (most recent call last):
+      ...
+      ValueError: `every_n_steps` must be >= 1, got 0
+    """
     if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
-        raise TypeError(f"`{name}` must be an int, got {type(x).__name__} {x!r}")
+        raise TypeError(f"`{name}` must be {what}, got {type(x).__name__} {x!r}")
     if low is not None and x < low:
         raise ValueError(f"`{name}` must be >= {low}, got {x}")
     return int(x)
+
+
+def check_positive_int(x: Any, name: str, low: int = 1) -> int:
+    """Raises unless `x` is a static size: a Python int >= `low` (default 1); returns it."""
+    return check_int(x, name, low, what="a Python int (a static size)")
 
 
 def check_bool(x: Any, name: str) -> bool:
@@ -205,4 +297,3 @@ def check_options(config: Any) -> None:
         choices = option_choices(field)
         if choices is not None:
             check_choice(getattr(config, field.name), choices, field.name)
-

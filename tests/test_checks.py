@@ -112,7 +112,7 @@ def test_concrete_value():
 
 
 # ----------------------------------------------------------------------------------------
-# check_choice / check_positive_int / rank, dtype and shape checks
+# check_choice / check_int / check_positive_int / check_bool / rank, dtype and shape checks
 # ----------------------------------------------------------------------------------------
 
 
@@ -155,3 +155,112 @@ def test_rank_dtype_and_shape_checks_name_the_argument():
         _checks.check_shape(jnp.zeros(3), (2, 3), "y", "x")
     with pytest.raises(TypeError, match="`x` is required, got None"):
         _checks.as_array(None, "x")
+
+
+def test_check_int_and_check_bool():
+    out = _checks.check_int(np.int64(5), "every_n_steps", low=1)
+    assert out == 5 and type(out) is int
+    assert _checks.check_int(-3, "offset") == -3  # no lower bound by default
+    with pytest.raises(ValueError, match="`every_n_steps` must be >= 1, got 0"):
+        _checks.check_int(0, "every_n_steps", low=1)
+    for bad in (True, 1.0, "1", None):
+        with pytest.raises(TypeError, match="`every_n_steps` must be an int, got"):
+            _checks.check_int(bad, "every_n_steps")
+    # check_positive_int is check_int for static sizes, with its own bound.
+    assert _checks.check_positive_int(2, "group_size", 2) == 2
+    with pytest.raises(ValueError, match="`group_size` must be >= 2, got 1"):
+        _checks.check_positive_int(1, "group_size", 2)
+    assert _checks.check_bool(False, "disable") is False
+    for bad in (0, 1, "yes", None, np.bool_(True)):
+        with pytest.raises(TypeError, match="`disable` must be a bool"):
+            _checks.check_bool(bad, "disable")
+
+
+# ----------------------------------------------------------------------------------------
+# float_array / int_array / real_array / float_pair
+# ----------------------------------------------------------------------------------------
+
+
+def test_float_array_returns_the_array_and_upcasts_only_when_asked():
+    x = _checks.float_array([[1.0, 2.0]], "x", rank=2, shape=(1, 2))
+    assert isinstance(x, jax.Array) and x.shape == (1, 2)
+    half = jnp.ones(3, jnp.bfloat16)
+    assert _checks.float_array(half, "x").dtype == jnp.bfloat16
+    assert _checks.float_array(half, "x", upcast=True).dtype == jnp.float32
+    assert _checks.float_array(jnp.ones(3, jnp.float16), "x", upcast=True).dtype == jnp.float32
+    assert _checks.float_array(jnp.ones(3), "x", rank=(1, 2), min_rank=1).ndim == 1
+
+
+@pytest.mark.parametrize(
+    ("x", "kwargs", "error", "message"),
+    [
+        (
+            jnp.zeros((2, 3)),
+            {"rank": 1, "what": "([B])"},
+            ValueError,
+            r"`x` must have rank 1 \(\[B\]\), got shape \(2, 3\) dtype float32",
+        ),
+        (
+            jnp.float32(1.0),
+            {"min_rank": 1, "what": "(a vocabulary axis last)"},
+            ValueError,
+            r"`x` must have rank >= 1 \(a vocabulary axis last\), got shape \(\) dtype float32",
+        ),
+        (
+            jnp.zeros(3, jnp.int32),
+            {"rank": 1},
+            TypeError,
+            r"`x` must have a floating dtype .*got shape \(3,\) dtype int32",
+        ),
+        (
+            jnp.zeros(3),
+            {"shape": (4,), "like": "y"},
+            ValueError,
+            r"`x` must have shape \(4,\) \(the shape of `y`\), got shape \(3,\) dtype float32",
+        ),
+        # rank is checked before the dtype, the dtype before the shape
+        (jnp.zeros((2, 2), jnp.int32), {"rank": 1}, ValueError, "rank 1"),
+        (jnp.zeros(2, jnp.int32), {"shape": (3,)}, TypeError, "floating dtype"),
+        (None, {}, TypeError, "`x` is required, got None"),
+        ("abc", {}, TypeError, "`x` must be an array"),
+    ],
+)
+def test_float_array_errors_name_the_argument_and_what_came(x, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        _checks.float_array(x, "x", **kwargs)
+
+
+def test_int_and_real_arrays():
+    ids = _checks.int_array(np.array([[0, 3]]), "actions", rank=2, shape=(1, 2))
+    assert ids.dtype == jnp.int32
+    with pytest.raises(TypeError, match="`actions` must have an integer dtype"):
+        _checks.int_array(jnp.zeros(2), "actions")
+    with pytest.raises(ValueError, match=r"`actions` must have shape \(3,\)"):
+        _checks.int_array(jnp.zeros(2, jnp.int32), "actions", shape=(3,))
+    for dtype in (jnp.bool_, jnp.int32, jnp.float32):
+        assert _checks.real_array(jnp.ones(2, dtype), "lengths", rank=1).dtype == dtype
+    with pytest.raises(TypeError, match="`lengths` must be boolean, integer or floating"):
+        _checks.real_array(jnp.ones(2, jnp.complex64), "lengths")
+    with pytest.raises(ValueError, match="`lengths` must have rank 1"):
+        _checks.real_array(jnp.ones((2, 1)), "lengths", rank=1)
+
+
+def test_float_pair_casts_both_to_the_first_dtype_upcast():
+    a, b = _checks.float_pair(jnp.zeros(2, jnp.bfloat16), jnp.ones(2, jnp.float16), "lp", "old")
+    assert a.dtype == b.dtype == jnp.float32
+    np.testing.assert_array_equal(b, [1.0, 1.0])
+    with pytest.raises(ValueError, match=r"`old` must have shape \(2,\) \(the shape of `lp`\)"):
+        _checks.float_pair(jnp.zeros(2), jnp.zeros(3), "lp", "old")
+    with pytest.raises(TypeError, match="`old` must have a floating dtype"):
+        _checks.float_pair(jnp.zeros(2), jnp.zeros(2, jnp.int32), "lp", "old")
+    with pytest.raises(TypeError, match="`lp` must have a floating dtype"):
+        _checks.float_pair(jnp.zeros(2, jnp.int32), jnp.zeros(2), "lp", "old")
+
+
+def test_array_checks_run_at_trace_time_under_jit():
+    def f(x):
+        return _checks.float_array(x, "x", rank=1) * 2.0
+
+    np.testing.assert_array_equal(jax.jit(f)(jnp.ones(2)), [2.0, 2.0])
+    with pytest.raises(ValueError, match="`x` must have rank 1"):
+        jax.jit(f)(jnp.ones((2, 2)))

@@ -1,10 +1,13 @@
 """`rlgen.ops`: pure array math for RL fine-tuning (no parameters, no optimizers).
 
 Batch-major `[B, T]` inputs with masks; scans run time-major inside; no reductions unless
-asked (see `aggregate`); errors at trace time. The reference guide's six utilities
-(`compute_discounted_returns`, `compute_gae_advantages`, `normalize_advantages`,
-`compute_policy_entropy`, `compute_kl_divergence`, `compute_clipped_surrogate_loss`) are
-here under their names, built on the general kernels.
+asked (see `aggregate`); errors at trace time. Data-parallel reductions (`psum`, `pmean`,
+`global_token_mean`) are the identity without an `axis_name`. The tutorial-style names
+`compute_discounted_returns`, `compute_gae_advantages`, `normalize_advantages`,
+`compute_policy_entropy`, `compute_kl_divergence` and `compute_clipped_surrogate_loss`
+are thin wrappers of the general kernels.
+
+Importing this package loads JAX and NumPy only.
 """
 
 from rlgen.ops.advantages import SCALES as ADVANTAGE_SCALES
@@ -15,10 +18,16 @@ from rlgen.ops.advantages import (
     rloo_advantages,
 )
 from rlgen.ops.aggregation import MODES as AGGREGATION_MODES
-from rlgen.ops.aggregation import aggregate, aggregate_parts
-from rlgen.ops.kl import (
-    ESTIMATORS as KL_ESTIMATORS,
+from rlgen.ops.aggregation import (
+    aggregate,
+    aggregate_parts,
+    global_count,
+    global_token_mean,
+    masked_mean,
+    masked_sum,
 )
+from rlgen.ops.distributed import pmean, psum, shard_local
+from rlgen.ops.kl import ESTIMATORS as KL_ESTIMATORS
 from rlgen.ops.kl import (
     compute_kl_divergence,
     compute_policy_entropy,
@@ -27,8 +36,6 @@ from rlgen.ops.kl import (
     kl_estimate,
 )
 from rlgen.ops.logprobs import (
-    masked_mean,
-    masked_sum,
     token_entropy,
     token_log_probs,
     token_log_probs_from_hidden,
@@ -43,7 +50,12 @@ from rlgen.ops.policy import (
     value_loss,
 )
 from rlgen.ops.preference import LOSS_TYPES as PREFERENCE_LOSS_TYPES
-from rlgen.ops.preference import PreferenceLoss, preference_loss
+from rlgen.ops.preference import (
+    PreferenceLoss,
+    PreferenceLossType,
+    check_loss_settings,
+    preference_loss,
+)
 from rlgen.ops.returns import (
     compute_discounted_returns,
     compute_gae_advantages,
@@ -61,8 +73,10 @@ __all__ = [
     "RATIO_LEVELS",
     "ClippedSurrogate",
     "PreferenceLoss",
+    "PreferenceLossType",
     "aggregate",
     "aggregate_parts",
+    "check_loss_settings",
     "clipped_surrogate_loss",
     "compute_clipped_surrogate_loss",
     "compute_discounted_returns",
@@ -72,6 +86,8 @@ __all__ = [
     "discounted_returns",
     "entropy",
     "gae_advantages",
+    "global_count",
+    "global_token_mean",
     "group_advantages",
     "importance_log_ratio",
     "kl_divergence",
@@ -81,8 +97,11 @@ __all__ = [
     "masked_moments",
     "masked_sum",
     "normalize_advantages",
+    "pmean",
     "preference_loss",
+    "psum",
     "rloo_advantages",
+    "shard_local",
     "td_errors",
     "token_entropy",
     "token_log_probs",

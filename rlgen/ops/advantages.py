@@ -16,12 +16,9 @@ import jax
 import jax.numpy as jnp
 
 from rlgen import _checks
+from rlgen.ops.distributed import psum
 
 SCALES = ("group", "batch", "none")
-
-
-def _psum(x, axis_name):
-    return x if axis_name is None else jax.lax.psum(x, axis_name)
 
 
 def _safe_sqrt(x):
@@ -51,14 +48,16 @@ def masked_moments(x, mask=None, *, ddof=0, axis_name=None):
     Example:
       >>> masked_moments(jnp.array([1.0, 3.0, 100.0]), jnp.array([1, 1, 0]))
       (Array(2., dtype=float32), Array(1., dtype=float32))
+
+    Reference: the masked, all-reduced batch statistics of data-parallel advantage
+    whitening (Andrychowicz et al. 2021, What Matters in On-Policy RL, arXiv 2006.05990).
     """
-    x = _checks.as_array(x, "x")
-    _checks.check_float(x, "x")
+    x = _checks.float_array(x, "x", upcast=True)
     m = _checks.as_mask(mask, x.shape, "mask", "x")
-    x = jnp.where(m > 0, x.astype(jnp.promote_types(x.dtype, jnp.float32)), 0.0)
-    count = _psum(jnp.sum(m), axis_name)
-    mean = _psum(jnp.sum(x * m), axis_name) / jnp.maximum(count, 1.0)
-    sq = _psum(jnp.sum(m * jnp.square(x - mean)), axis_name)
+    x = jnp.where(m > 0, x, 0.0)
+    count = psum(jnp.sum(m), axis_name)
+    mean = psum(jnp.sum(x * m), axis_name) / jnp.maximum(count, 1.0)
+    sq = psum(jnp.sum(m * jnp.square(x - mean)), axis_name)
     dof = count - ddof
     var = jnp.where(dof > 0, sq / jnp.where(dof > 0, dof, 1.0), 0.0)
     return mean, _safe_sqrt(var)
@@ -67,7 +66,6 @@ def masked_moments(x, mask=None, *, ddof=0, axis_name=None):
 def normalize_advantages(advantages, eps=1e-8, *, mask=None, ddof=0, axis_name=None):
     """Whitens advantages: `(A - mean(A)) / (std(A) + eps)` over the valid entries.
 
-    This is the reference guide's `normalize_advantages` ("zero mean, unit variance").
     Statistics come from `masked_moments` (global over `axis_name` when given); masked
     entries come out as 0. If every valid entry is equal the result is 0 everywhere.
 
@@ -88,8 +86,7 @@ def normalize_advantages(advantages, eps=1e-8, *, mask=None, ddof=0, axis_name=N
     Reference: the advantage normalisation of PPO implementations (Andrychowicz et al.
     2021, What Matters in On-Policy RL, arXiv 2006.05990).
     """
-    advantages = _checks.as_array(advantages, "advantages")
-    _checks.check_float(advantages, "advantages")
+    advantages = _checks.float_array(advantages, "advantages")
     _checks.check_range(eps, "eps", 0.0)
     _checks.check_range(ddof, "ddof", 0.0)
     m = _checks.as_mask(mask, advantages.shape, "mask", "advantages")
@@ -106,18 +103,17 @@ def normalize_advantages(advantages, eps=1e-8, *, mask=None, ddof=0, axis_name=N
     return jnp.where(m > 0, out, 0.0)
 
 
-def _grouped(rewards, group_size):
-    rewards = _checks.as_array(rewards, "rewards")
-    _checks.check_rank(rewards, 1, "rewards", "(one scalar reward per sample, [N])")
-    _checks.check_float(rewards, "rewards")
-    group_size = _checks.check_positive_int(group_size, "group_size")
-    n = rewards.shape[0]
+def _grouped(rewards, group_size, min_size=1):
+    r = _checks.float_array(
+        rewards, "rewards", rank=1, what="(one scalar reward per sample, [N])", upcast=True
+    )
+    group_size = _checks.check_positive_int(group_size, "group_size", min_size)
+    n = r.shape[0]
     if n % group_size:
         raise ValueError(
             f"`rewards` has {n} rows, which is not divisible by `group_size` {group_size}; "
             f"groups are contiguous blocks of {group_size} rows"
         )
-    r = rewards.astype(jnp.promote_types(rewards.dtype, jnp.float32))
     return r.reshape(n // group_size, group_size)
 
 
@@ -189,11 +185,7 @@ def rloo_advantages(rewards, group_size):
     Reference: Kool et al. 2019, Buy 4 REINFORCE Samples, Get a Baseline for Free!;
     Ahmadian et al. 2024, Back to Basics (arXiv 2402.14740).
     """
-    r = _grouped(rewards, group_size)
-    if group_size < 2:  # an int by now (numpy ints included)
-        raise ValueError(
-            f"`group_size` must be >= 2 for a leave-one-out baseline, got {group_size}"
-        )
+    r = _grouped(rewards, group_size, min_size=2)  # a leave-one-out baseline needs 2
     total = jnp.sum(r, axis=1, keepdims=True)
     constant = jnp.max(r, axis=1, keepdims=True) == jnp.min(r, axis=1, keepdims=True)
     adv = jnp.where(constant, 0.0, r - (total - r) / (group_size - 1))

@@ -7,7 +7,7 @@ Two kinds, kept apart on purpose:
   Schulman 2020). Use these when only the chosen tokens' log-probs are at hand.
 * `kl_divergence(log_p, log_q)` / `compute_kl_divergence`, `entropy` /
   `compute_policy_entropy`: exact forms that reduce a full distribution over the last
-  axis (SPEC item 13).
+  axis.
 """
 
 from __future__ import annotations
@@ -56,14 +56,8 @@ def kl_estimate(log_probs, ref_log_probs, estimator="k3", *, max_log_ratio=20.0)
     """
     _checks.check_choice(estimator, ESTIMATORS, "estimator")
     _checks.check_range(max_log_ratio, "max_log_ratio", 0.0, low_open=True)
-    log_probs = _checks.as_array(log_probs, "log_probs")
-    ref_log_probs = _checks.as_array(ref_log_probs, "ref_log_probs")
-    _checks.check_float(log_probs, "log_probs")
-    _checks.check_float(ref_log_probs, "ref_log_probs")
-    _checks.check_shape(ref_log_probs, log_probs.shape, "ref_log_probs", "log_probs")
-    dtype = jnp.promote_types(log_probs.dtype, jnp.float32)
-    ref = jax.lax.stop_gradient(ref_log_probs.astype(dtype))
-    log_r = jnp.clip(ref - log_probs.astype(dtype), -max_log_ratio, max_log_ratio)
+    log_probs, ref = _checks.float_pair(log_probs, ref_log_probs, "log_probs", "ref_log_probs")
+    log_r = jnp.clip(jax.lax.stop_gradient(ref) - log_probs, -max_log_ratio, max_log_ratio)
     if estimator == "k1":
         return -log_r
     if estimator == "k2":
@@ -71,12 +65,10 @@ def kl_estimate(log_probs, ref_log_probs, estimator="k3", *, max_log_ratio=20.0)
     return jnp.expm1(log_r) - log_r
 
 
-def _check_distribution(x, name):
-    x = _checks.as_array(x, name)
-    if x.ndim < 1:
-        raise ValueError(f"`{name}` must have a distribution axis last, got shape {x.shape}")
-    _checks.check_float(x, name)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+def _check_distribution(x, name, **shape):
+    return _checks.float_array(
+        x, name, min_rank=1, what="(a distribution axis last)", upcast=True, **shape
+    )
 
 
 def _xlogy_terms(log_p, other):
@@ -106,8 +98,7 @@ def kl_divergence(log_p, log_q):
     Reference: Kullback & Leibler (1951).
     """
     log_p = _check_distribution(log_p, "log_p")
-    log_q = _check_distribution(log_q, "log_q")
-    _checks.check_shape(log_q, log_p.shape, "log_q", "log_p")
+    log_q = _check_distribution(log_q, "log_q", shape=log_p.shape, like="log_p")
     return jnp.sum(_xlogy_terms(log_p, log_q), axis=-1)
 
 
@@ -123,28 +114,34 @@ def entropy(log_probs):
     Example:
       >>> entropy(jnp.log(jnp.array([0.5, 0.5])))
       Array(0.6931472, dtype=float32)
+
+    Reference: Shannon (1948), A Mathematical Theory of Communication.
     """
     log_probs = _check_distribution(log_probs, "log_probs")
     return -jnp.sum(_xlogy_terms(log_probs, jnp.zeros_like(log_probs)), axis=-1)
 
 
 def compute_policy_entropy(log_probs):
-    """The reference guide's `compute_policy_entropy`: `H = -sum(p * log(p))` over the
-    last axis of full-distribution log-probs (same as `entropy`).
+    """`H = -sum(p * log(p))` over the last axis of full-distribution log-probs: `entropy`
+    under the name common in RL tutorials.
 
     Example:
       >>> compute_policy_entropy(jnp.log(jnp.full((2, 4), 0.25)))
       Array([1.3862944, 1.3862944], dtype=float32)
+
+    Reference: Shannon (1948); the entropy bonus of Williams & Peng (1991).
     """
     return entropy(log_probs)
 
 
 def compute_kl_divergence(policy_log_probs, ref_log_probs):
-    """The reference guide's `compute_kl_divergence`: `KL(policy || reference)` over the
-    last axis of full-distribution log-probs (same as `kl_divergence`).
+    """`KL(policy || reference)` over the last axis of full-distribution log-probs:
+    `kl_divergence` under the name common in RL tutorials.
 
     Example:
       >>> compute_kl_divergence(jnp.log(jnp.array([0.5, 0.5])), jnp.log(jnp.array([0.5, 0.5])))
       Array(0., dtype=float32)
+
+    Reference: Kullback & Leibler (1951), On Information and Sufficiency.
     """
     return kl_divergence(policy_log_probs, ref_log_probs)

@@ -1,4 +1,4 @@
-"""Per-token log-probabilities and entropies from logits, and masked sequence reductions.
+"""Per-token log-probabilities and entropies from logits.
 
 Token conventions: `logits[..., V]` scores the next token at each position and
 `actions[...]` holds the chosen token ids (for a causal language model,
@@ -8,7 +8,8 @@ float32 even when the logits are bfloat16.
 `token_log_probs` is the direct version. `token_log_probs_memory_light` gives the same
 values and gradients without ever holding a `[..., V]` log-softmax or softmax in either
 pass, and `token_log_probs_from_hidden` goes further for a linear LM head: it walks the
-tokens in rematerialised chunks so that not even the `[N, V]` logits exist.
+tokens in rematerialised chunks so that not even the `[N, V]` logits exist. Sum or average
+the per-token values over a sequence with `rlgen.ops.masked_sum` / `masked_mean`.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ import numpy as np
 from rlgen import _checks
 
 
+def _check_logits(logits):
+    return _checks.float_array(logits, "logits", min_rank=1, what="(a vocabulary axis last)")
+
+
 def _check_logits_actions(logits, actions):
-    logits = _checks.as_array(logits, "logits")
-    if logits.ndim < 1:
-        raise ValueError(f"`logits` must have a vocabulary axis last, got shape {logits.shape}")
-    _checks.check_float(logits, "logits")
+    logits = _check_logits(logits)
     actions = _check_actions(
         actions, logits.shape[:-1], logits.shape[-1], "logits", "the last axis of `logits`"
     )
@@ -34,9 +36,8 @@ def _check_logits_actions(logits, actions):
 
 
 def _check_actions(actions, shape, vocab, like, vocab_from):
-    actions = _checks.as_array(actions, "actions")
-    _checks.check_integer(actions, "actions")
-    _checks.check_shape(actions, shape, "actions", f"{like} without its last axis")
+    like = f"{like} without its last axis"
+    actions = _checks.int_array(actions, "actions", shape=shape, like=like)
     if not isinstance(actions, jax.core.Tracer) and actions.size:
         # On the host: jnp.min of a concrete array closed over inside `jit` would be traced.
         host = np.asarray(actions)
@@ -100,6 +101,8 @@ def token_log_probs(logits, actions):
     Example:
       >>> token_log_probs(jnp.log(jnp.array([[0.25, 0.75]])), jnp.array([1]))
       Array([-0.28768], dtype=float32)
+
+    Reference: the score-function (REINFORCE) log-likelihood, Williams (1992).
     """
     logits, actions = _check_logits_actions(logits, actions)
     log_p = jax.nn.log_softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)))
@@ -129,6 +132,9 @@ def token_log_probs_memory_light(logits, actions):
       >>> z = jnp.log(jnp.array([[0.25, 0.75], [0.5, 0.5]]))
       >>> token_log_probs_memory_light(z, jnp.array([1, 0])).round(4)
       Array([-0.2877, -0.6931], dtype=float32)
+
+    Reference: Williams (1992); gradient checkpointing, Chen et al. 2016, Training Deep
+    Nets with Sublinear Memory Cost (arXiv 1604.06174).
     """
     logits, actions = _check_logits_actions(logits, actions)
     lead, vocab = logits.shape[:-1], logits.shape[-1]
@@ -160,12 +166,12 @@ def token_log_probs_from_hidden(hidden, unembedding, actions, *, bias=None, chun
       >>> h = jnp.ones((1, 2, 3)); w = jnp.zeros((3, 4))
       >>> token_log_probs_from_hidden(h, w, jnp.array([[0, 3]]), chunk_size=1)
       Array([[-1.3862944, -1.3862944]], dtype=float32)
+
+    Reference: Wijmans et al. 2024, Cut Your Losses in Large-Vocabulary Language Models
+    (arXiv 2411.09009), for computing the loss without materialising the logits.
     """
-    hidden = _checks.as_array(hidden, "hidden")
-    unembedding = _checks.as_array(unembedding, "unembedding")
-    _checks.check_float(hidden, "hidden")
-    _checks.check_float(unembedding, "unembedding")
-    _checks.check_rank(unembedding, 2, "unembedding", "([D, V])")
+    unembedding = _checks.float_array(unembedding, "unembedding", rank=2, what="([D, V])")
+    hidden = _checks.float_array(hidden, "hidden")
     if hidden.ndim < 1 or hidden.shape[-1] != unembedding.shape[0]:
         raise ValueError(
             f"`hidden` must end in the model width D = {unembedding.shape[0]} "
@@ -173,9 +179,7 @@ def token_log_probs_from_hidden(hidden, unembedding, actions, *, bias=None, chun
         )
     vocab = unembedding.shape[1]
     if bias is not None:
-        bias = _checks.as_array(bias, "bias")
-        _checks.check_float(bias, "bias")
-        _checks.check_shape(bias, (vocab,), "bias", "unembedding.shape[1]")
+        bias = _checks.float_array(bias, "bias", shape=(vocab,), like="unembedding.shape[1]")
     actions = _check_actions(actions, hidden.shape[:-1], vocab, "hidden", "`unembedding.shape[1]`")
     chunk_size = _checks.check_positive_int(chunk_size, "chunk_size")
 
@@ -221,55 +225,4 @@ def token_entropy(logits):
 
     Reference: Shannon (1948); the entropy bonus of Williams & Peng (1991).
     """
-    logits = _checks.as_array(logits, "logits")
-    if logits.ndim < 1:
-        raise ValueError(f"`logits` must have a vocabulary axis last, got shape {logits.shape}")
-    _checks.check_float(logits, "logits")
-    return jax.checkpoint(_entropy)(logits)
-
-
-def _check_values_mask(x, mask, name):
-    x = _checks.as_array(x, name)
-    _checks.check_float(x, name)
-    m = _checks.as_mask(mask, x.shape, "mask", name)
-    return x, m
-
-
-def masked_sum(x, mask=None, axis=-1):
-    """`sum(x * mask)` along `axis` (masked entries contribute 0 even if they hold NaN).
-
-    Args:
-      x: floating array, e.g. per-token log-probs `[B, T]`.
-      mask: optional 0/1 array of the same shape.
-      axis: axis or axes to reduce (None: all).
-
-    Returns:
-      `x` reduced over `axis`; e.g. sequence log-probs `[B]`.
-
-    Example:
-      >>> masked_sum(jnp.array([[1.0, 2.0, 3.0]]), jnp.array([[1, 1, 0]]))
-      Array([3.], dtype=float32)
-    """
-    x, m = _check_values_mask(x, mask, "x")
-    return jnp.sum(jnp.where(m > 0, x, 0.0) * m, axis=axis)
-
-
-def masked_mean(x, mask=None, axis=-1):
-    """`sum(x * mask) / sum(mask)` along `axis`; 0 (not NaN) where the mask selects nothing.
-
-    Args:
-      x: floating array, e.g. per-token log-probs `[B, T]`.
-      mask: optional 0/1 array of the same shape.
-      axis: axis or axes to reduce (None: all).
-
-    Returns:
-      `x` averaged over `axis`; e.g. length-normalised sequence log-probs `[B]`.
-
-    Example:
-      >>> masked_mean(jnp.array([[1.0, 2.0, 3.0]]), jnp.array([[1, 1, 0]]))
-      Array([1.5], dtype=float32)
-    """
-    x, m = _check_values_mask(x, mask, "x")
-    total = jnp.sum(jnp.where(m > 0, x, 0.0) * m, axis=axis)
-    count = jnp.sum(m, axis=axis)
-    return jnp.where(count > 0, total / jnp.where(count > 0, count, 1.0), 0.0)
+    return jax.checkpoint(_entropy)(_check_logits(logits))

@@ -13,8 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from rlgen import _checks
-from rlgen.ops.aggregation import aggregate
-from rlgen.ops.logprobs import masked_mean
+from rlgen.ops.aggregation import aggregate, masked_mean
 
 LEVELS = ("token", "sequence")
 MAX_LOG_RATIO = 20.0
@@ -26,16 +25,6 @@ class ClippedSurrogate(NamedTuple):
     loss: jax.Array  # the per-element loss (0 where masked)
     ratio: jax.Array  # the importance ratio used (token or sequence level)
     clipped: jax.Array  # 1.0 where clipping zeroed the gradient, else 0.0
-
-
-def _float_pair(log_probs, old_log_probs):
-    log_probs = _checks.as_array(log_probs, "log_probs")
-    old_log_probs = _checks.as_array(old_log_probs, "old_log_probs")
-    _checks.check_float(log_probs, "log_probs")
-    _checks.check_float(old_log_probs, "old_log_probs")
-    _checks.check_shape(old_log_probs, log_probs.shape, "old_log_probs", "log_probs")
-    dtype = jnp.promote_types(log_probs.dtype, jnp.float32)
-    return log_probs.astype(dtype), old_log_probs.astype(dtype)
 
 
 def importance_log_ratio(log_probs, old_log_probs, mask=None, *, level="token"):
@@ -66,7 +55,9 @@ def importance_log_ratio(log_probs, old_log_probs, mask=None, *, level="token"):
     Sequence Policy Optimization (arXiv 2507.18071).
     """
     _checks.check_choice(level, LEVELS, "level")
-    log_probs, old_log_probs = _float_pair(log_probs, old_log_probs)
+    log_probs, old_log_probs = _checks.float_pair(
+        log_probs, old_log_probs, "log_probs", "old_log_probs"
+    )
     m = _checks.as_mask(mask, log_probs.shape, "mask", "log_probs")
     valid = m > 0
     lp = jnp.where(valid, log_probs, 0.0)
@@ -80,8 +71,7 @@ def importance_log_ratio(log_probs, old_log_probs, mask=None, *, level="token"):
 
 
 def _broadcast_advantages(advantages, shape):
-    advantages = _checks.as_array(advantages, "advantages")
-    _checks.check_float(advantages, "advantages")
+    advantages = _checks.float_array(advantages, "advantages")
     if advantages.shape == tuple(shape):
         return advantages
     if advantages.shape == tuple(shape[:1]) and len(shape) == 2:
@@ -191,23 +181,15 @@ def value_loss(values, returns, *, old_values=None, clip_epsilon=None):
     Reference: Schulman et al. 2017 (arXiv 1707.06347); the value clipping of OpenAI
     Baselines' PPO2.
     """
-    values = _checks.as_array(values, "values")
-    returns = _checks.as_array(returns, "returns")
-    _checks.check_float(values, "values")
-    _checks.check_float(returns, "returns")
-    _checks.check_shape(returns, values.shape, "returns", "values")
-    dtype = jnp.promote_types(values.dtype, jnp.float32)
-    v = values.astype(dtype)
-    target = jax.lax.stop_gradient(returns.astype(dtype))
+    v, target = _checks.float_pair(values, returns, "values", "returns")
+    target = jax.lax.stop_gradient(target)
     loss = jnp.square(v - target)
     if clip_epsilon is not None:
         _checks.check_range(clip_epsilon, "clip_epsilon", 0.0)
         if old_values is None:
             raise ValueError("`old_values` is required when `clip_epsilon` is set")
-        old_values = _checks.as_array(old_values, "old_values")
-        _checks.check_float(old_values, "old_values")
-        _checks.check_shape(old_values, values.shape, "old_values", "values")
-        old = jax.lax.stop_gradient(old_values.astype(dtype))
+        old = _checks.float_array(old_values, "old_values", shape=v.shape, like="values")
+        old = jax.lax.stop_gradient(old.astype(v.dtype))
         v_clipped = old + jnp.clip(v - old, -clip_epsilon, clip_epsilon)
         loss = jnp.maximum(loss, jnp.square(v_clipped - target))
     elif old_values is not None:
@@ -216,12 +198,17 @@ def value_loss(values, returns, *, old_values=None, clip_epsilon=None):
 
 
 def compute_clipped_surrogate_loss(log_probs, old_log_probs, advantages, clip_param=0.2, mask=None):
-    """The reference guide's `compute_clipped_surrogate_loss`: PPO's clipped objective as a
-    scalar loss, `token-mean` of `clipped_surrogate_loss(...).loss` with symmetric clipping.
+    """PPO's clipped objective as a scalar loss: the `token-mean` of
+    `clipped_surrogate_loss(...).loss` with symmetric clipping `clip_param`, under the name
+    and argument order common in RL tutorials. `[B, T]` inputs are aggregated as such; any
+    other shape is flattened to one row.
 
     Example:
       >>> compute_clipped_surrogate_loss(jnp.zeros(4), jnp.zeros(4), jnp.ones(4))
       Array(-1., dtype=float32)
+
+    Reference: Schulman et al. 2017, Proximal Policy Optimization Algorithms
+    (arXiv 1707.06347).
     """
     out = clipped_surrogate_loss(log_probs, old_log_probs, advantages, mask, epsilon_low=clip_param)
     loss = out.loss

@@ -46,9 +46,9 @@ class _TimeMajor(NamedTuple):
 
 
 def _prepare(rewards, gamma, *, values=None, dones=None, mask=None, bootstrap_value=None):
-    rewards = _checks.as_array(rewards, "rewards")
-    _checks.check_rank(rewards, (1, 2), "rewards", "([B, T] or a single trajectory [T])")
-    _checks.check_float(rewards, "rewards")
+    rewards = _checks.float_array(
+        rewards, "rewards", rank=(1, 2), what="([B, T] or a single trajectory [T])"
+    )
     _checks.check_range(gamma, "gamma", 0.0, 1.0)
     squeeze = rewards.ndim == 1
     if squeeze:
@@ -75,10 +75,9 @@ def _prepare(rewards, gamma, *, values=None, dones=None, mask=None, bootstrap_va
 
     v_t = v_tp1 = None
     if values is not None:
-        values = _checks.as_array(values, "values")
+        values = _checks.float_array(values, "values")
         given_shape = tuple(values.shape)
         values = batched(values, "values")
-        _checks.check_float(values, "values")
         if values.ndim != 2 or values.shape[0] != batch or values.shape[1] not in (
             horizon,
             horizon + 1,
@@ -96,10 +95,11 @@ def _prepare(rewards, gamma, *, values=None, dones=None, mask=None, bootstrap_va
         v_tp1 = jnp.where(next_valid & valid, values[:, 1:], 0.0)
     if bootstrap_value is not None:
         bootstrap_value = _checks.as_array(bootstrap_value, "bootstrap_value")
-        if squeeze:
-            bootstrap_value = jnp.reshape(bootstrap_value, (1,))
-        _checks.check_float(bootstrap_value, "bootstrap_value")
-        _checks.check_shape(bootstrap_value, (batch,), "bootstrap_value", "rewards[:, 0]")
+        if squeeze and bootstrap_value.ndim == 0:  # one trajectory, one scalar
+            bootstrap_value = bootstrap_value[None]
+        bootstrap_value = _checks.float_array(
+            bootstrap_value, "bootstrap_value", shape=(batch,), like="rewards[:, 0]"
+        )
         last = jnp.zeros((batch, horizon), dtype).at[:, -1].set(bootstrap_value.astype(dtype))
         rewards = rewards + discounts * jnp.where(valid, last, 0.0)
 
@@ -146,6 +146,16 @@ def _reverse_linear_scan(x: jax.Array, c: jax.Array, method: str) -> jax.Array:
 def _finish(y_tm: jax.Array, prepared: _TimeMajor) -> jax.Array:
     y = jnp.where(prepared.mask > 0, y_tm, 0.0).T
     return y[0] if prepared.squeeze else y
+
+
+def _gae_time_major(rewards, values, gamma, lambda_, dones, mask, method):
+    """Time-major GAE `A_t = delta_t + discount_t lambda A_{t+1}` and the prepared inputs."""
+    method = _resolve_method(method)
+    _checks.check_range(lambda_, "lambda_", 0.0, 1.0)
+    p = _prepare(rewards, gamma, values=values, dones=dones, mask=mask)
+    deltas = p.rewards + p.discounts * p.next_values - p.values
+    coeffs = p.discounts * jnp.asarray(lambda_, deltas.dtype)
+    return _reverse_linear_scan(deltas, coeffs, method), p
 
 
 def discounted_returns(rewards, gamma=0.99, *, dones=None, mask=None, bootstrap_value=None):
@@ -228,12 +238,8 @@ def gae_advantages(
     Reference: Schulman et al. 2016, High-Dimensional Continuous Control Using
     Generalized Advantage Estimation (arXiv 1506.02438).
     """
-    method = _resolve_method(method)
-    _checks.check_range(lambda_, "lambda_", 0.0, 1.0)
-    p = _prepare(rewards, gamma, values=values, dones=dones, mask=mask)
-    deltas = p.rewards + p.discounts * p.next_values - p.values
-    coeffs = p.discounts * jnp.asarray(lambda_, deltas.dtype)
-    return _finish(_reverse_linear_scan(deltas, coeffs, method), p)
+    advantages, p = _gae_time_major(rewards, values, gamma, lambda_, dones, mask, method)
+    return _finish(advantages, p)
 
 
 def lambda_returns(
@@ -255,33 +261,34 @@ def lambda_returns(
 
     Reference: Sutton & Barto (2018), section 12.1.
     """
-    method = _resolve_method(method)
-    _checks.check_range(lambda_, "lambda_", 0.0, 1.0)
-    p = _prepare(rewards, gamma, values=values, dones=dones, mask=mask)
-    deltas = p.rewards + p.discounts * p.next_values - p.values
-    coeffs = p.discounts * jnp.asarray(lambda_, deltas.dtype)
-    return _finish(_reverse_linear_scan(deltas, coeffs, method) + p.values, p)
+    advantages, p = _gae_time_major(rewards, values, gamma, lambda_, dones, mask, method)
+    return _finish(advantages + p.values, p)
 
 
 def compute_discounted_returns(rewards, gamma=0.99, dones=None, mask=None):
-    """The reference guide's `compute_discounted_returns`: `discounted_returns` with no
-    bootstrap. `G_t = r_t + gamma r_{t+1} + gamma^2 r_{t+2} + ...` per row of `[B, T]`
+    """`discounted_returns` with no bootstrap, under the name and argument order common in
+    RL tutorials: `G_t = r_t + gamma r_{t+1} + gamma^2 r_{t+2} + ...` per row of `[B, T]`
     (or `[T]`) rewards, reset at `dones`.
 
     Example:
       >>> compute_discounted_returns(jnp.array([1.0, 1.0]), gamma=0.9)
       Array([1.9, 1. ], dtype=float32)
+
+    Reference: Sutton & Barto, Reinforcement Learning: An Introduction (2018), eq. 3.8.
     """
     return discounted_returns(rewards, gamma, dones=dones, mask=mask)
 
 
 def compute_gae_advantages(rewards, values, dones=None, gamma=0.99, gae_lambda=0.95, mask=None):
-    """The reference guide's `compute_gae_advantages`: `gae_advantages` with the guide's
-    argument names. `values` holds `V(s_t)` including the bootstrap `V(s_T)` (`[B, T + 1]`),
-    or `[B, T]` for no bootstrap.
+    """`gae_advantages` under the name and argument order common in RL tutorials (`dones`
+    third, `gae_lambda`). `values` holds `V(s_t)` including the bootstrap `V(s_T)`
+    (`[B, T + 1]`), or `[B, T]` for no bootstrap.
 
     Example:
       >>> compute_gae_advantages(jnp.array([1.0]), jnp.array([0.0, 0.0]), gamma=0.9)
       Array([1.], dtype=float32)
+
+    Reference: Schulman et al. 2016, High-Dimensional Continuous Control Using
+    Generalized Advantage Estimation (arXiv 1506.02438).
     """
     return gae_advantages(rewards, values, gamma, gae_lambda, dones=dones, mask=mask)

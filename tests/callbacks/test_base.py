@@ -28,14 +28,34 @@ class Recorder(Callback):
         self.log.append((self.name, "end"))
 
 
-def test_base_hooks_are_no_ops(trainer):
-    cb = Callback()
-    assert cb.on_train_begin(trainer) is None
-    assert cb.on_train_batch_end(trainer, {"loss": jnp.ones(())}, 0) is None
-    assert cb.on_epoch_begin(trainer, 0) is None
-    assert cb.on_epoch_end(trainer, 0, {}) is None
-    assert cb.on_train_end(trainer) is None
-    assert all(hasattr(Callback, h) for h in HOOKS)
+def _hook_args(trainer):
+    """The arguments a trainer passes to each hook (module doc of rlgen.callbacks.base)."""
+    return {
+        "on_train_begin": (trainer,),
+        "on_epoch_begin": (trainer, 0),
+        "on_train_batch_end": (trainer, {"loss": jnp.ones(())}, 3),
+        "on_epoch_end": (trainer, 0, {}),
+        "on_train_end": (trainer,),
+        "on_exception": (trainer, RuntimeError("boom")),
+    }
+
+
+def test_callback_list_forwards_every_hook_with_its_arguments(trainer):
+    # A hook added to HOOKS but not forwarded by CallbackList would fall back to the base
+    # class's no-op and silently never reach the callbacks.
+    args = _hook_args(trainer)
+    assert set(args) == set(HOOKS)
+    seen = []
+    spy = type(
+        "Spy",
+        (Callback,),
+        {h: (lambda self, *a, h=h: seen.append((h, a))) for h in HOOKS},
+    )
+    # The base class's no-ops take the same arguments (a wrong signature raises TypeError).
+    cbs = CallbackList([spy(), Callback()])
+    for hook in HOOKS:
+        getattr(cbs, hook)(*args[hook])
+    assert seen == [(hook, args[hook]) for hook in HOOKS]
 
 
 def test_callback_list_calls_in_order(trainer):

@@ -1,6 +1,8 @@
 """Tests for rlgen.ops.aggregation: every mode against a float64 NumPy reference, exactness
-of `(total, count)` accumulation across micro-batches (values and gradients), and the
-`axis_name` path under `shard_map` on 8 CPU devices.
+of `(total, count)` accumulation across micro-batches (values and gradients), the
+`axis_name` path under `shard_map` on 8 CPU devices, the per-shard shares
+`global_token_mean` / `global_count`, and the masked reductions `masked_sum` /
+`masked_mean`.
 """
 
 import functools
@@ -53,6 +55,24 @@ def ref_aggregate(values, mask, mode, norm=None):
     return sum(sum(row) for row in rows) / (batch * norm)
 
 
+def ref_masked_sum_rows(x, mask):
+    """Row sums over the last axis, skipping masked entries (which may hold NaN)."""
+    x, mask = np.asarray(x, np.float64), np.asarray(mask)
+    out = np.zeros(x.shape[:-1])
+    for idx in np.ndindex(x.shape[:-1]):
+        out[idx] = sum(x[idx][t] for t in range(x.shape[-1]) if mask[idx][t])
+    return out
+
+
+def ref_masked_mean_rows(x, mask):
+    x, mask = np.asarray(x, np.float64), np.asarray(mask)
+    out = np.zeros(x.shape[:-1])
+    for idx in np.ndindex(x.shape[:-1]):
+        vals = [x[idx][t] for t in range(x.shape[-1]) if mask[idx][t]]
+        out[idx] = sum(vals) / len(vals) if vals else 0.0
+    return out
+
+
 # ----------------------------------------------------------------------------- strategies
 
 SHAPES = [(1, 1), (1, 7), (2, 3), (3, 12), (5, 4), (5, 12)]
@@ -79,6 +99,8 @@ def masked_values(draw, shapes=SHAPES):
 
 _jit_aggregate = jax.jit(agg.aggregate, static_argnames="mode")
 _jit_parts = jax.jit(agg.aggregate_parts, static_argnames="mode")
+_jit_masked_sum = jax.jit(agg.masked_sum, static_argnames="axis")
+_jit_masked_mean = jax.jit(agg.masked_mean, static_argnames="axis")
 
 
 # ----------------------------------------------------------------------------- reference
@@ -173,15 +195,16 @@ def _accumulated(theta, x, mask, split):
     return out
 
 
-@given(
-    st.sampled_from([((2, 5), 1), ((4, 3), 3), ((5, 6), 2)]),  # ((B, T), split row)
-    st.integers(0, 2**31 - 1),
-    st.sampled_from(["random", "empty-rows", "all-empty"]),
-)
-def test_gradient_accumulation_is_exact_for_every_mode(layout, seed, kind):
-    (b, t), split = layout
-    rng = np.random.default_rng(seed)
+@st.composite
+def micro_batched(draw):
+    """`(theta, x, mask, split)`: parameters, a finite `[B, T]` batch and its mask, and the
+    row where the batch splits into two micro-batches (one may hold no valid token)."""
+    (b, t), split = draw(st.sampled_from([((2, 5), 1), ((4, 3), 3), ((5, 6), 2)]))
+    kind = draw(st.sampled_from(["random", "empty-rows", "all-empty"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
     theta = jnp.asarray(rng.standard_normal(3), jnp.float32)
+    # x stays finite: a NaN input would make d loss / d theta NaN at masked tokens, and
+    # 0 * NaN = NaN in the caller's own backward pass, whatever the aggregation does.
     x = rng.standard_normal((b, t)).astype(np.float32)
     mask = rng.random((b, t)) < 0.6
     if kind == "empty-rows":
@@ -190,16 +213,86 @@ def test_gradient_accumulation_is_exact_for_every_mode(layout, seed, kind):
             mask[:split] = False  # a micro-batch with no valid token at all
     elif kind == "all-empty":
         mask[:] = False
-    # x stays finite: a NaN input would make d loss / d theta NaN at masked tokens, and
-    # 0 * NaN = NaN in the caller's own backward pass, whatever the aggregation does.
+    return theta, x, mask, split
 
-    results = _accumulated(theta, x, mask, split)  # one compile per (shape, split)
+
+def _check_against_the_whole_batch(results, theta, x, mask):
+    """`results[mode] = (value, grad, accumulated value, accumulated grad)`."""
     for mode, (value, grad, acc_value, acc_grad) in results.items():
         np.testing.assert_allclose(acc_value, value, rtol=1e-5, atol=1e-6, err_msg=mode)
         np.testing.assert_allclose(acc_grad, grad, rtol=1e-5, atol=1e-6, err_msg=mode)
         assert np.isfinite(np.asarray(grad)).all(), mode
         want = ref_aggregate(np.asarray(per_token_loss(theta, x)), mask, mode)
         np.testing.assert_allclose(value, want, rtol=1e-5, atol=1e-6, err_msg=mode)
+
+
+@given(micro_batched())
+def test_gradient_accumulation_is_exact_for_every_mode(problem):
+    theta, x, mask, split = problem
+    results = _accumulated(theta, x, mask, split)  # one compile per (shape, split)
+    _check_against_the_whole_batch(results, theta, x, mask)
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _shares(theta, x, mask, split):
+    """For every mode: the whole batch's aggregate and gradient, and the sum of the two
+    micro-batches' `global_token_mean` shares (with the whole mask's `global_count`) and
+    of their gradients."""
+    out = {}
+    for mode in MODES:
+        count = agg.global_count(mask, mode)
+
+        def shares(theta, mode=mode, count=count):
+            parts = (slice(None, split), slice(split, None))
+            return sum(
+                agg.global_token_mean(per_token_loss(theta, x[r]), mask[r], mode, count=count)
+                for r in parts
+            )
+
+        def whole(theta, mode=mode):
+            return agg.aggregate(per_token_loss(theta, x), mask, mode)
+
+        out[mode] = (*jax.value_and_grad(whole)(theta), *jax.value_and_grad(shares)(theta))
+    return out
+
+
+@given(micro_batched())
+def test_global_token_mean_shares_of_micro_batches_sum_to_the_aggregate(problem):
+    theta, x, mask, split = problem
+    _check_against_the_whole_batch(_shares(theta, x, mask, split), theta, x, mask)
+    for mode in MODES:
+        assert float(agg.global_count(mask, mode)) == float(agg.aggregate_parts(x, mask, mode)[1])
+
+
+def test_global_token_mean_without_count_or_axis_is_the_local_aggregate():
+    x = jnp.array([[1.0, 3.0], [5.0, jnp.nan]])
+    m = jnp.array([[1, 1], [1, 0]])
+    for mode in ALL_NAMES:
+        np.testing.assert_allclose(
+            agg.global_token_mean(x, m, mode), agg.aggregate(x, m, mode), rtol=1e-6
+        )
+    # The count is a constant of the loss: no gradient flows into it.
+    assert float(jax.grad(lambda n: agg.global_token_mean(x, m, count=n))(3.0)) == 0.0
+    assert float(agg.global_token_mean(x, m, count=0.0)) == 0.0  # 0, not NaN
+    np.testing.assert_allclose(agg.global_token_mean(x, m, count=9.0), 1.0)
+
+
+def test_global_token_mean_and_count_bad_input():
+    x, m = jnp.zeros((2, 3)), jnp.ones((2, 3))
+    with pytest.raises(ValueError, match="`count`"):
+        agg.global_token_mean(x, m, count=-1.0)
+    with pytest.raises(ValueError, match="`count`"):
+        agg.global_token_mean(x, m, count=jnp.ones(2))
+    with pytest.raises(ValueError, match="`mode`"):
+        agg.global_token_mean(x, m, "token-sum")
+    with pytest.raises(ValueError, match="`mask` must have rank 2"):
+        agg.global_count(jnp.ones(3))
+    with pytest.raises(TypeError, match="`mask`"):
+        agg.global_count(jnp.ones((2, 3), jnp.complex64))
+    with pytest.raises(ValueError, match="`mode`"):
+        agg.global_count(m, "tokens")
+    with pytest.raises(ValueError, match="unknown `loss_aggregation` 'x'; expected one of"):
+        agg.canonical_mode("x", "loss_aggregation")
 
 
 def test_naive_accumulation_of_means_is_not_exact():
@@ -212,13 +305,6 @@ def test_naive_accumulation_of_means_is_not_exact():
 
 
 # ----------------------------------------------------------------------------- shard_map
-
-
-@pytest.fixture(scope="module")
-def mesh():
-    if jax.device_count() < 8:
-        pytest.skip("needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)")
-    return jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
 
 
 @pytest.mark.parametrize("mode", ALL_NAMES)
@@ -265,6 +351,78 @@ def test_shard_map_without_axis_name_is_local(mesh):
         )
     )(values_s)
     np.testing.assert_allclose(local, values.reshape(8, 4).mean(axis=1))
+
+
+# ------------------------------------------------------------------ masked_sum / masked_mean
+
+
+@given(
+    st.sampled_from([(1, 1), (1, 12), (3, 4), (5, 12)]),
+    st.sampled_from([-1, 0, None, (0, 1)]),
+    st.floats(0.0, 1.0),
+    st.integers(0, 2**31 - 1),
+)
+def test_masked_sum_and_mean_match_reference(shape, axis, keep, seed):
+    b, t = shape
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((b, t)).astype(np.float32)
+    mask = rng.random((b, t)) < keep
+    if b > 1:
+        mask[rng.integers(b)] = False  # an all-masked row
+    x_nan = np.where(mask, x, np.nan).astype(np.float32)  # NaN wherever masked
+
+    s = _jit_masked_sum(x_nan, mask, axis=axis)
+    m = _jit_masked_mean(x_nan, mask, axis=axis)
+    if axis == -1:
+        want_s, want_m = ref_masked_sum_rows(x, mask), ref_masked_mean_rows(x, mask)
+    elif axis == 0:
+        want_s, want_m = ref_masked_sum_rows(x.T, mask.T), ref_masked_mean_rows(x.T, mask.T)
+    else:  # all axes
+        flat_x, flat_m = x.reshape(1, -1), mask.reshape(1, -1)
+        want_s = ref_masked_sum_rows(flat_x, flat_m)[0]
+        want_m = ref_masked_mean_rows(flat_x, flat_m)[0]
+    np.testing.assert_allclose(s, want_s, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(m, want_m, rtol=RTOL, atol=ATOL)
+    assert np.all(np.isfinite(np.asarray(m)))
+
+    # masked_mean == masked_sum / count wherever count > 0, and 0 where the count is 0.
+    count = np.asarray(mask, np.float64).sum(axis=None if axis == (0, 1) else axis)
+    ratio = np.where(count > 0, np.asarray(s) / np.where(count > 0, count, 1), 0.0)
+    np.testing.assert_allclose(m, ratio, rtol=1e-5, atol=1e-6)
+
+
+def test_masked_mean_all_masked_is_zero_and_nan_does_not_leak():
+    x = jnp.array([[1.0, jnp.nan, 3.0], [jnp.nan, jnp.inf, -jnp.inf]])
+    mask = jnp.array([[1, 0, 1], [0, 0, 0]])
+    np.testing.assert_array_equal(agg.masked_mean(x, mask), [2.0, 0.0])
+    np.testing.assert_array_equal(agg.masked_sum(x, mask), [4.0, 0.0])
+    np.testing.assert_array_equal(agg.masked_mean(x, mask, axis=None), 2.0)
+    # Gradients: 1/count on selected entries, exactly 0 (not NaN) on masked ones.
+    g_mean = jax.grad(lambda x: jnp.sum(agg.masked_mean(x, mask)))(x)
+    np.testing.assert_array_equal(g_mean, [[0.5, 0.0, 0.5], [0.0, 0.0, 0.0]])
+    g_sum = jax.grad(lambda x: jnp.sum(agg.masked_sum(x, mask)))(x)
+    np.testing.assert_array_equal(g_sum, [[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    # mask=None means every entry counts.
+    y = jnp.array([[1.0, 2.0, 6.0]])
+    np.testing.assert_array_equal(agg.masked_mean(y), [3.0])
+    np.testing.assert_array_equal(agg.masked_sum(y), [9.0])
+
+
+def test_masked_reductions_compose_with_jit_vmap_and_grad():
+    rng = np.random.default_rng(5)
+    w = jnp.asarray(rng.standard_normal((3, 4)), jnp.float32)
+    mask = jnp.array([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    for fn, ref in ((agg.masked_sum, ref_masked_sum_rows), (agg.masked_mean, ref_masked_mean_rows)):
+        np.testing.assert_allclose(jax.jit(fn)(w, mask), ref(w, mask), rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(jax.vmap(fn)(w, mask), ref(w, mask), rtol=RTOL, atol=ATOL)
+        check_grads(
+            jax.jit(lambda x, f=fn: f(x, mask)), (w,), 1, modes=("fwd", "rev"), atol=1e-2,
+            rtol=1e-2, eps=1e-2,
+        )  # fmt: skip
+        with pytest.raises(ValueError, match="`mask`"):
+            fn(w, jnp.ones((4, 3)))
+        with pytest.raises(TypeError, match="`x`"):
+            fn(w.astype(jnp.int32), mask)
 
 
 # ----------------------------------------------------------------------------- composition

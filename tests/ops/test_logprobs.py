@@ -1,4 +1,4 @@
-"""Tests for rlgen.ops.logprobs: chosen-token log-probs (three ways), entropy, masked sums.
+"""Tests for rlgen.ops.logprobs: chosen-token log-probs (three ways) and entropy.
 
 The float64 NumPy references below are written out with plain loops so that they can be
 read against the textbook formulas:
@@ -53,24 +53,6 @@ def ref_token_entropy(logits):
     return out
 
 
-def ref_masked_sum_rows(x, mask):
-    """Row sums over the last axis, skipping masked entries (which may hold NaN)."""
-    x, mask = np.asarray(x, np.float64), np.asarray(mask)
-    out = np.zeros(x.shape[:-1])
-    for idx in np.ndindex(x.shape[:-1]):
-        out[idx] = sum(x[idx][t] for t in range(x.shape[-1]) if mask[idx][t])
-    return out
-
-
-def ref_masked_mean_rows(x, mask):
-    x, mask = np.asarray(x, np.float64), np.asarray(mask)
-    out = np.zeros(x.shape[:-1])
-    for idx in np.ndindex(x.shape[:-1]):
-        vals = [x[idx][t] for t in range(x.shape[-1]) if mask[idx][t]]
-        out[idx] = sum(vals) / len(vals) if vals else 0.0
-    return out
-
-
 # ----------------------------------------------------------------------------- strategies
 
 
@@ -95,8 +77,6 @@ _jit_log_probs = jax.jit(lp.token_log_probs)
 _jit_log_probs_light = jax.jit(lp.token_log_probs_memory_light)
 _jit_entropy = jax.jit(lp.token_entropy)
 _jit_from_hidden = jax.jit(lp.token_log_probs_from_hidden, static_argnames="chunk_size")
-_jit_masked_sum = jax.jit(lp.masked_sum, static_argnames="axis")
-_jit_masked_mean = jax.jit(lp.masked_mean, static_argnames="axis")
 
 
 def _random_problem(seed, b=2, t=6, v=7):
@@ -319,58 +299,6 @@ def test_from_hidden_handles_any_leading_shape_and_empty_input():
     assert empty.shape == (2, 0)
 
 
-@given(
-    st.sampled_from([(1, 1), (1, 12), (3, 4), (5, 12)]),
-    st.sampled_from([-1, 0, None, (0, 1)]),
-    st.floats(0.0, 1.0),
-    st.integers(0, 2**31 - 1),
-)
-def test_masked_sum_and_mean_match_reference(shape, axis, keep, seed):
-    b, t = shape
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((b, t)).astype(np.float32)
-    mask = rng.random((b, t)) < keep
-    if b > 1:
-        mask[rng.integers(b)] = False  # an all-masked row
-    x_nan = np.where(mask, x, np.nan).astype(np.float32)  # NaN wherever masked
-
-    s = _jit_masked_sum(x_nan, mask, axis=axis)
-    m = _jit_masked_mean(x_nan, mask, axis=axis)
-    if axis == -1:
-        want_s, want_m = ref_masked_sum_rows(x, mask), ref_masked_mean_rows(x, mask)
-    elif axis == 0:
-        want_s, want_m = ref_masked_sum_rows(x.T, mask.T), ref_masked_mean_rows(x.T, mask.T)
-    else:  # all axes
-        flat_x, flat_m = x.reshape(1, -1), mask.reshape(1, -1)
-        want_s = ref_masked_sum_rows(flat_x, flat_m)[0]
-        want_m = ref_masked_mean_rows(flat_x, flat_m)[0]
-    np.testing.assert_allclose(s, want_s, rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(m, want_m, rtol=RTOL, atol=ATOL)
-    assert np.all(np.isfinite(np.asarray(m)))
-
-    # masked_mean == masked_sum / count wherever count > 0, and 0 where the count is 0.
-    count = np.asarray(mask, np.float64).sum(axis=None if axis == (0, 1) else axis)
-    ratio = np.where(count > 0, np.asarray(s) / np.where(count > 0, count, 1), 0.0)
-    np.testing.assert_allclose(m, ratio, rtol=1e-5, atol=1e-6)
-
-
-def test_masked_mean_all_masked_is_zero_and_nan_does_not_leak():
-    x = jnp.array([[1.0, jnp.nan, 3.0], [jnp.nan, jnp.inf, -jnp.inf]])
-    mask = jnp.array([[1, 0, 1], [0, 0, 0]])
-    np.testing.assert_array_equal(lp.masked_mean(x, mask), [2.0, 0.0])
-    np.testing.assert_array_equal(lp.masked_sum(x, mask), [4.0, 0.0])
-    np.testing.assert_array_equal(lp.masked_mean(x, mask, axis=None), 2.0)
-    # Gradients: 1/count on selected entries, exactly 0 (not NaN) on masked ones.
-    g_mean = jax.grad(lambda x: jnp.sum(lp.masked_mean(x, mask)))(x)
-    np.testing.assert_array_equal(g_mean, [[0.5, 0.0, 0.5], [0.0, 0.0, 0.0]])
-    g_sum = jax.grad(lambda x: jnp.sum(lp.masked_sum(x, mask)))(x)
-    np.testing.assert_array_equal(g_sum, [[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
-    # mask=None means every entry counts.
-    y = jnp.array([[1.0, 2.0, 6.0]])
-    np.testing.assert_array_equal(lp.masked_mean(y), [3.0])
-    np.testing.assert_array_equal(lp.masked_sum(y), [9.0])
-
-
 # ----------------------------------------------------------------------------- memory
 
 
@@ -441,13 +369,11 @@ def test_token_entropy_has_no_vocabulary_sized_temporaries(large_problem):
 
 
 def test_jit_matches_eager_and_closed_over_actions_work_under_jit():
-    z, a, w = _random_problem(7)
-    mask = (w > 0).astype(jnp.float32)
+    z, a, _ = _random_problem(7)
     eager = lp.token_log_probs(z, a)
     np.testing.assert_allclose(_jit_log_probs(z, a), eager, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(_jit_log_probs_light(z, a), eager, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(_jit_entropy(z), lp.token_entropy(z), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(_jit_masked_mean(w, mask), lp.masked_mean(w, mask), rtol=1e-6)
     # Actions closed over by a jitted function are concrete: checked, and not traced.
     np.testing.assert_allclose(jax.jit(lambda z: lp.token_log_probs(z, a))(z), eager, rtol=1e-6)
     bad = a.at[0, 0].set(7)  # V = 7
@@ -457,9 +383,8 @@ def test_jit_matches_eager_and_closed_over_actions_work_under_jit():
 
 def test_vmap_equals_the_batched_call():
     # The kernels accept any leading shape, so vmap over the batch must change nothing.
-    z, a, w = _random_problem(8)
+    z, a, _ = _random_problem(8)
     u = jnp.asarray(np.random.default_rng(8).standard_normal((7, 8)), jnp.float32)
-    mask = (w > 0).astype(jnp.float32)
 
     def hidden(h, u, a):
         return lp.token_log_probs_from_hidden(h, u, a, chunk_size=4)
@@ -469,8 +394,6 @@ def test_vmap_equals_the_batched_call():
         (lp.token_log_probs_memory_light, (z, a), (0, 0)),
         (hidden, (z, u, a), (0, None, 0)),
         (lp.token_entropy, (z,), (0,)),
-        (lp.masked_sum, (w, mask), (0, 0)),
-        (lp.masked_mean, (w, mask), (0, 0)),
     ]
 
     @jax.jit
@@ -482,12 +405,11 @@ def test_vmap_equals_the_batched_call():
 
 
 def test_check_grads():
-    z, a, w = _random_problem(9, b=2, t=3, v=4)
+    z, a, _ = _random_problem(9, b=2, t=3, v=4)
     rng = np.random.default_rng(9)
     h = jnp.asarray(rng.standard_normal((2, 3, 3)), jnp.float32)
     u = jnp.asarray(rng.standard_normal((3, 4)), jnp.float32)
     bias = jnp.asarray(rng.standard_normal(4), jnp.float32)
-    mask = jnp.array([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
     cases = [
         (lambda z: lp.token_log_probs(z, a), (z,)),
         (lambda z: lp.token_log_probs_memory_light(z, a), (z,)),
@@ -496,8 +418,6 @@ def test_check_grads():
             (h, u, bias),
         ),
         (lp.token_entropy, (z,)),
-        (lambda x: lp.masked_sum(x, mask), (w,)),
-        (lambda x: lp.masked_mean(x, mask), (w,)),
     ]
     for f, args in cases:
         check_grads(jax.jit(f), args, 1, modes=("fwd", "rev"), atol=1e-2, rtol=1e-2, eps=1e-2)
@@ -549,10 +469,3 @@ def test_bad_input_raises_naming_the_argument():
         fh(h, u.astype(jnp.int32), a)
     with pytest.raises(TypeError, match="`hidden`"):
         fh(h.astype(jnp.int32), u, a)
-
-    x = jnp.zeros((2, 3))
-    for fn in (lp.masked_sum, lp.masked_mean):
-        with pytest.raises(ValueError, match="`mask`"):
-            fn(x, jnp.ones((3, 2)))
-        with pytest.raises(TypeError, match="`x`"):
-            fn(x.astype(jnp.int32), jnp.ones((2, 3)))

@@ -3,7 +3,8 @@
 Float64 NumPy references of every loss type and of the implicit rewards over random
 batches; identities (DPO = log 2 at the reference, robust DPO is unbiased under label
 flips, cDPO is the label-noise expectation of DPO, IPO's minimum, SimPO's length
-normalisation); gradient directions; composition under jit/vmap/grad; and bad input.
+normalisation); gradient directions; composition under jit/vmap/grad; bad input; and the
+registry of loss types with `check_loss_settings`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from jax.test_util import check_grads
 
-from rlgen.ops.preference import LOSS_TYPES, PreferenceLoss, preference_loss
+from rlgen import ops
+from rlgen.ops import preference
+from rlgen.ops.preference import (
+    LOSS_TYPES,
+    PreferenceLoss,
+    PreferenceLossType,
+    check_loss_settings,
+    preference_loss,
+)
 
 RTOL, ATOL = 1e-4, 1e-5
 LOG2 = math.log(2.0)
@@ -544,3 +553,101 @@ def test_bad_shapes_and_dtypes():
         preference_loss(jnp.array([1, 2, 3]), _R, _CR, _RR)
     with pytest.raises(TypeError, match="ref_rejected_log_probs"):
         preference_loss(_C, _R, _CR, jnp.array([1, 2, 3]))
+
+
+# ----------------------------------------------------------------------------------------
+# the registry of loss types and check_loss_settings
+# ----------------------------------------------------------------------------------------
+
+
+def test_registry_order_flags_and_public_name():
+    assert list(LOSS_TYPES) == ["sigmoid", "robust", "hinge", "ipo", "simpo"]
+    assert ops.PREFERENCE_LOSS_TYPES is LOSS_TYPES
+    assert tuple(ops.PREFERENCE_LOSS_TYPES) == ("sigmoid", "robust", "hinge", "ipo", "simpo")
+    for name, spec in LOSS_TYPES.items():
+        assert isinstance(spec, PreferenceLossType) and spec.name == name
+        assert spec.uses_label_smoothing == (name in USES_SMOOTHING)
+        assert spec.length_normalized == (name in LENGTH_NORMALISED)
+        assert spec.uses_reference == (name != "simpo")
+    with pytest.raises(TypeError):
+        LOSS_TYPES["new"] = LOSS_TYPES["sigmoid"]  # read-only: add entries in the module
+    with pytest.raises(AttributeError):
+        LOSS_TYPES["hinge"].uses_reference = False  # frozen
+
+
+def test_docstring_lists_every_loss_type():
+    doc = preference_loss.__doc__
+    assert "<loss types>" not in doc
+    for name, spec in LOSS_TYPES.items():
+        assert f"* {name}: " in doc
+        assert spec.paper.split(" (")[0] in " ".join(doc.split())
+
+
+@pytest.mark.parametrize(
+    ("loss_type", "accepted", "refused"),
+    [
+        ("sigmoid", [0.0, 0.25, 0.5], [-0.1, 0.51, float("nan")]),
+        ("simpo", [0.0, 0.5], [0.6, -0.01]),
+        ("robust", [0.0, 0.49], [0.5, 0.7, -0.1]),
+        ("hinge", [0.0, 0], [0.1, -0.1, 0.5]),
+        ("ipo", [0.0], [0.2]),
+    ],
+)
+def test_check_loss_settings_ranges(loss_type, accepted, refused):
+    for e in accepted:
+        assert check_loss_settings(loss_type, e) is LOSS_TYPES[loss_type]
+    for e in refused:
+        with pytest.raises(ValueError, match="`label_smoothing`"):
+            check_loss_settings(loss_type, e)
+
+
+def test_check_loss_settings_messages():
+    with pytest.raises(ValueError, match=r"`label_smoothing` must lie in \[0, 0.5\), got 0.5"):
+        check_loss_settings("robust", 0.5)
+    with pytest.raises(ValueError, match=r"`label_smoothing` must lie in \[0, 0.5\], got 0.6"):
+        check_loss_settings("sigmoid", 0.6)
+    with pytest.raises(
+        ValueError, match="`label_smoothing` is not used by loss_type 'hinge'; leave it 0, got 0.1"
+    ):
+        check_loss_settings("hinge", 0.1)
+    with pytest.raises(
+        ValueError, match="unknown `loss_type` 'kto'; expected one of 'sigmoid', 'robust'"
+    ):
+        check_loss_settings("kto", 0.0)
+    with pytest.raises(ValueError, match=r"`label_smoothing` must be a scalar"):
+        check_loss_settings("sigmoid", jnp.array([0.1, 0.2]))
+    with pytest.raises(TypeError, match="`label_smoothing` must be a scalar number"):
+        check_loss_settings("ipo", "0")
+    assert check_loss_settings("sigmoid").name == "sigmoid"  # label_smoothing defaults to 0
+
+
+def test_check_loss_settings_under_jit():
+    # A traced smoothing is accepted where the loss uses it; where it must be 0 it cannot
+    # be checked, so it is refused.
+    assert jax.jit(lambda e: check_loss_settings("robust", e) and e)(0.1) == np.float32(0.1)
+    with pytest.raises(ValueError, match="traced"):
+        jax.jit(lambda e: check_loss_settings("ipo", e) and e)(0.0)
+
+
+def test_a_new_registry_entry_is_a_new_loss_type(monkeypatch):
+    """`preference_loss` reads everything about a loss type from its registry entry."""
+
+    def exp_loss(chosen, rejected, beta, e, simpo_gamma):
+        return jnp.exp(-beta * (chosen - rejected))
+
+    new = PreferenceLossType(
+        "exp", exp_loss, formula="`exp(-beta h)`", paper="a test", length_normalized=True
+    )
+    monkeypatch.setattr(preference, "LOSS_TYPES", {**LOSS_TYPES, "exp": new})
+    out = preference_loss(_C, _R, _CR, _RR, loss_type="exp", beta=0.3, chosen_lengths=_LC,
+                          rejected_lengths=_LR)  # fmt: skip
+    c, r, cr, rr = (np.asarray(x, np.float64) for x in (_C, _R, _CR, _RR))
+    lc, lr = np.asarray(_LC, np.float64), np.asarray(_LR, np.float64)
+    h = (c - cr) / lc - (r - rr) / lr
+    np.testing.assert_allclose(out.losses, np.exp(-0.3 * h), rtol=1e-6)
+    np.testing.assert_allclose(out.chosen_rewards, 0.3 * (c - cr) / lc, rtol=1e-6)
+    with pytest.raises(ValueError, match="chosen_lengths"):  # its flags are enforced
+        preference_loss(_C, _R, _CR, _RR, loss_type="exp")
+    with pytest.raises(ValueError, match="not used by loss_type 'exp'"):
+        preference_loss(_C, _R, _CR, _RR, loss_type="exp", label_smoothing=0.1,
+                        chosen_lengths=_LC, rejected_lengths=_LR)  # fmt: skip

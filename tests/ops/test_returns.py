@@ -23,19 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import rlax
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from jax.test_util import check_grads
 
-from rlgen.ops.returns import (
-    compute_discounted_returns,
-    compute_gae_advantages,
-    discounted_returns,
-    gae_advantages,
-    lambda_returns,
-    td_errors,
-)
+from rlgen import ops
 
 RTOL, ATOL = 1e-4, 1e-4
 
@@ -43,12 +36,12 @@ RTOL, ATOL = 1e-4, 1e-4
 SHAPES = [(1, 1), (2, 5), (4, 12)]
 SINGLE_T = 6
 
-J_RETURNS = jax.jit(discounted_returns)
-J_TD = jax.jit(td_errors)
-J_GAE = jax.jit(gae_advantages, static_argnames="method")
-J_LAMBDA = jax.jit(lambda_returns, static_argnames="method")
-J_COMPUTE_RETURNS = jax.jit(compute_discounted_returns)
-J_COMPUTE_GAE = jax.jit(compute_gae_advantages)
+J_RETURNS = jax.jit(ops.discounted_returns)
+J_TD = jax.jit(ops.td_errors)
+J_GAE = jax.jit(ops.gae_advantages, static_argnames="method")
+J_LAMBDA = jax.jit(ops.lambda_returns, static_argnames="method")
+J_COMPUTE_RETURNS = jax.jit(ops.compute_discounted_returns)
+J_COMPUTE_GAE = jax.jit(ops.compute_gae_advantages)
 J_RLAX_GAE = jax.jit(
     jax.vmap(rlax.truncated_generalized_advantage_estimation, in_axes=(0, 0, None, 0))
 )
@@ -142,6 +135,30 @@ def ref_lambda_returns(rewards, values, gamma, lam, dones, mask):
     return out
 
 
+def ref_lambda_returns_forward(rewards, values, gamma, lam, dones, mask):
+    """The forward view: a lambda-weighted mixture of the n-step returns,
+    G_t = (1 - lambda) sum_{n=1}^{H-1} lambda^(n-1) G_t^(n) + lambda^(H-1) G_t^(H), H = T - t,
+    G_t^(n) = sum_{k=t}^{t+n-1} (prod_{j=t}^{k-1} d_j) r_k + (prod_{j=t}^{t+n-1} d_j) V_{t+n}.
+    """
+    batch, horizon = rewards.shape
+    d = ref_discounts(gamma, dones, mask)
+    v = np.concatenate([values[:, :horizon], _next_values(values, horizon)[:, -1:]], axis=1)
+    out = np.zeros((batch, horizon))
+    for b in range(batch):
+        for t in range(horizon):
+            if not mask[b, t]:
+                continue
+
+            def n_step(n, b=b, t=t):
+                rewards_part = sum(_prod(d[b], t, k) * rewards[b, k] for k in range(t, t + n))
+                return rewards_part + _prod(d[b], t, t + n) * v[b, t + n]
+
+            steps = horizon - t
+            mixture = sum((1 - lam) * lam ** (n - 1) * n_step(n) for n in range(1, steps))
+            out[b, t] = mixture + lam ** (steps - 1) * n_step(steps)
+    return out
+
+
 # ----------------------------------------------------------------------------------------
 # Strategies
 # ----------------------------------------------------------------------------------------
@@ -175,6 +192,25 @@ def trajectories(draw, single=None):
         dones=dones.astype(np.float64),
         mask=mask,
         single=single,
+        bootstrap=bootstrap,
+    )
+
+
+def _fixed_trajectories(bootstrap):
+    """A seeded batch with every case at once: padding, a hole, episode ends, a valid last
+    step (hypothesis' small examples often mask the last step or leave out the bootstrap)."""
+    rng = np.random.default_rng(5)
+    mask = np.ones((3, 6), bool)
+    mask[1, 4:] = False
+    mask[2, 2] = False
+    dones = np.zeros((3, 6))
+    dones[0, 3] = 1.0
+    return dict(
+        rewards=rng.normal(size=(3, 6)),
+        values=rng.normal(size=(3, 6 + int(bootstrap))),
+        dones=dones,
+        mask=mask,
+        single=False,
         bootstrap=bootstrap,
     )
 
@@ -237,20 +273,17 @@ def test_td_errors_matches_reference(tr, gamma):
     close(J_TD(r, v, gamma, dones=d, mask=m), expected, tr["single"])
 
 
-@given(trajectories(), unit, unit, st.sampled_from(["scan", "associative"]))
-def test_gae_matches_reference(tr, gamma, lam, method):
-    expected = ref_gae(tr["rewards"], tr["values"], gamma, lam, tr["dones"], tr["mask"])
+@pytest.mark.parametrize(
+    ("kernel", "reference"),
+    [(J_GAE, "gae"), (J_LAMBDA, "lambda_returns")],
+    ids=["gae_advantages", "lambda_returns"],
+)
+@given(tr=trajectories(), gamma=unit, lam=unit, method=st.sampled_from(["scan", "associative"]))
+def test_lambda_kernels_match_reference(kernel, reference, tr, gamma, lam, method):
+    ref = {"gae": ref_gae, "lambda_returns": ref_lambda_returns}[reference]
+    expected = ref(tr["rewards"], tr["values"], gamma, lam, tr["dones"], tr["mask"])
     r, v, d, m = kernel_args(tr, *poisoned(tr))
-    out = J_GAE(r, v, gamma, lam, dones=d, mask=m, method=method)
-    close(out, expected, tr["single"])
-
-
-@given(trajectories(), unit, unit, st.sampled_from(["scan", "associative"]))
-def test_lambda_returns_matches_reference(tr, gamma, lam, method):
-    expected = ref_lambda_returns(tr["rewards"], tr["values"], gamma, lam, tr["dones"], tr["mask"])
-    r, v, d, m = kernel_args(tr, *poisoned(tr))
-    out = J_LAMBDA(r, v, gamma, lam, dones=d, mask=m, method=method)
-    close(out, expected, tr["single"])
+    close(kernel(r, v, gamma, lam, dones=d, mask=m, method=method), expected, tr["single"])
 
 
 def test_references_are_not_vacuous():
@@ -272,6 +305,23 @@ def test_references_are_not_vacuous():
     np.testing.assert_allclose(
         ref_gae(r, v, 0.5, 0.5, np.zeros_like(r), np.ones_like(r))[0, 2], 2.5 + 0.25 * 4.0
     )
+
+
+def test_lambda_return_reference_equals_its_forward_view():
+    """The backward recursion and the n-step mixture are written independently. Seeded
+    draws, not hypothesis: most steps valid, with and without a bootstrap column."""
+    rng = np.random.default_rng(11)
+    for _ in range(60):
+        batch, horizon = rng.integers(1, 4), rng.integers(1, 8)
+        rewards = rng.normal(size=(batch, horizon))
+        values = rng.normal(size=(batch, horizon + rng.integers(0, 2)))
+        dones = (rng.random((batch, horizon)) < 0.2).astype(np.float64)
+        mask = rng.random((batch, horizon)) < 0.85
+        gamma, lam = rng.choice([rng.random(), 1.0]), rng.choice([rng.random(), 0.0, 1.0])
+        args = (rewards, values, gamma, lam, dones, mask)
+        np.testing.assert_allclose(
+            ref_lambda_returns(*args), ref_lambda_returns_forward(*args), rtol=1e-9, atol=1e-9
+        )
 
 
 # ----------------------------------------------------------------------------------------
@@ -308,15 +358,35 @@ def test_associative_equals_scan(tr, gamma, lam):
         np.testing.assert_allclose(np.asarray(assoc), np.asarray(scan), rtol=1e-5, atol=1e-5)
 
 
-@given(trajectories(single=False), unit, unit)
-def test_lambda_returns_is_gae_plus_values(tr, gamma, lam):
-    r, v, d, m = kernel_args(tr, *(x.astype(np.float32) for x in (tr["rewards"], tr["values"])))
+@given(trajectories(single=False), unit, st.sampled_from(["scan", "associative"]))
+@example(_fixed_trajectories(True), 0.9, "scan")
+@example(_fixed_trajectories(False), 0.7, "associative")
+def test_lambda_returns_lambda_one_are_discounted_returns_with_bootstrap(tr, gamma, method):
+    # G_t = r_t + discount_t G_{t+1}, G_T = V(s_T): the Monte Carlo return bootstrapped
+    # with the last value (0 without a bootstrap column).
+    r, v, d, m = kernel_args(tr, *poisoned(tr))
     horizon = r.shape[1]
-    gae = np.asarray(J_GAE(r, v, gamma, lam, dones=d, mask=m, method="scan"))
-    lam_ret = np.asarray(J_LAMBDA(r, v, gamma, lam, dones=d, mask=m, method="scan"))
-    np.testing.assert_allclose(
-        lam_ret, np.where(m, gae + v[:, :horizon], 0.0), rtol=RTOL, atol=ATOL
-    )
+    boot = v[:, horizon] if tr["bootstrap"] else None
+    lam_ret = J_LAMBDA(r, v, gamma, 1.0, dones=d, mask=m, method=method)
+    ret = J_RETURNS(r, gamma, dones=d, mask=m, bootstrap_value=boot)
+    assert np.all(np.isfinite(np.asarray(lam_ret)))
+    np.testing.assert_allclose(np.asarray(lam_ret), np.asarray(ret), rtol=RTOL, atol=ATOL)
+
+
+@given(trajectories(single=False), unit, st.sampled_from(["scan", "associative"]))
+@example(_fixed_trajectories(True), 0.9, "scan")
+@example(_fixed_trajectories(False), 0.7, "associative")
+def test_lambda_returns_lambda_zero_are_one_step_td_targets(tr, gamma, method):
+    # G_t = r_t + gamma (1 - done_t) V(s_{t+1}), nothing bootstrapped across padding, 0 at
+    # padded steps; written here with whole-array NumPy operations in float64.
+    rewards, values, dones, mask = tr["rewards"], tr["values"], tr["dones"], tr["mask"]
+    batch, horizon = rewards.shape
+    next_values = values[:, 1:] if tr["bootstrap"] else np.pad(values[:, 1:], ((0, 0), (0, 1)))
+    next_valid = np.concatenate([mask[:, 1:], np.ones((batch, 1), bool)], axis=1)
+    target = rewards + gamma * (1.0 - dones) * np.where(next_valid, next_values, 0.0)
+    expected = np.where(mask, target, 0.0)
+    r, v, d, m = kernel_args(tr, *poisoned(tr))
+    close(J_LAMBDA(r, v, gamma, 0.0, dones=d, mask=m, method=method), expected)
 
 
 # ----------------------------------------------------------------------------------------
@@ -386,19 +456,19 @@ def _ref64(name, gamma=0.9, lam=0.8, rewards=R, values=V):
 def _kernel(name, method="scan"):
     """(rewards, values, gamma, lam) -> [B, T] for each kernel, on the fixed batch."""
     if name == "returns":
-        return lambda r, v, g, lam: discounted_returns(
+        return lambda r, v, g, lam: ops.discounted_returns(
             r, g, dones=DONES, mask=MASK, bootstrap_value=v[..., T]
         )
     if name == "td":
-        return lambda r, v, g, lam: td_errors(r, v, g, dones=DONES, mask=MASK)
-    fn = gae_advantages if name == "gae" else lambda_returns
+        return lambda r, v, g, lam: ops.td_errors(r, v, g, dones=DONES, mask=MASK)
+    fn = ops.gae_advantages if name == "gae" else ops.lambda_returns
     return lambda r, v, g, lam: fn(r, v, g, lam, dones=DONES, mask=MASK, method=method)
 
 
 KERNELS = ["returns", "td", "gae", "lambda"]
 
 
-def test_guide_wrappers_equal_general_kernels():
+def test_tutorial_wrappers_equal_general_kernels():
     cases = [
         (R, V, DONES, MASK),
         (R, V[:, :T], DONES, MASK),  # no bootstrap
@@ -414,7 +484,7 @@ def test_guide_wrappers_equal_general_kernels():
                 np.asarray(J_COMPUTE_GAE(r, v, d, gamma, lam, m)),
                 np.asarray(J_GAE(r, v, gamma, lam, dones=d, mask=m, method="scan")),
             )
-    # The guide's defaults: gamma 0.99, gae_lambda 0.95, no dones, no mask.
+    # The wrappers' defaults: gamma 0.99, gae_lambda 0.95, no dones, no mask.
     np.testing.assert_allclose(
         np.asarray(J_COMPUTE_GAE(R, V)),
         ref_gae(R.astype(float), V.astype(float), 0.99, 0.95, np.zeros((B, T)), np.ones((B, T))),
@@ -447,10 +517,10 @@ def test_vmap_over_rows_equals_batched(name):
     # Each row goes through the single-trajectory `[T]` path.
     def per_row(r, v, d, m):
         if name == "returns":
-            return discounted_returns(r, 0.9, dones=d, mask=m, bootstrap_value=v[T])
+            return ops.discounted_returns(r, 0.9, dones=d, mask=m, bootstrap_value=v[T])
         if name == "td":
-            return td_errors(r, v, 0.9, dones=d, mask=m)
-        fn = gae_advantages if name == "gae" else lambda_returns
+            return ops.td_errors(r, v, 0.9, dones=d, mask=m)
+        fn = ops.gae_advantages if name == "gae" else ops.lambda_returns
         return fn(r, v, 0.9, 0.8, dones=d, mask=m)
 
     out = jax.jit(jax.vmap(per_row))(R, V, DONES, MASK)
@@ -512,7 +582,7 @@ def test_grad_is_zero_and_finite_at_nan_padding():
 
         def loss(r_, v_, method=method):
             return jnp.sum(
-                gae_advantages(r_, v_, 0.9, 0.8, dones=DONES, mask=MASK, method=method) ** 2
+                ops.gae_advantages(r_, v_, 0.9, 0.8, dones=DONES, mask=MASK, method=method) ** 2
             )
 
         g_r, g_v = jax.jit(jax.grad(loss, argnums=(0, 1)))(r, v)
@@ -541,10 +611,10 @@ def test_check_grads(name):
 # ----------------------------------------------------------------------------------------
 
 _ALL = {
-    "discounted_returns": lambda r, v=None, **kw: discounted_returns(r, **kw),
-    "td_errors": lambda r, v, **kw: td_errors(r, v, **kw),
-    "gae_advantages": lambda r, v, **kw: gae_advantages(r, v, **kw),
-    "lambda_returns": lambda r, v, **kw: lambda_returns(r, v, **kw),
+    "discounted_returns": lambda r, v=None, **kw: ops.discounted_returns(r, **kw),
+    "td_errors": lambda r, v, **kw: ops.td_errors(r, v, **kw),
+    "gae_advantages": lambda r, v, **kw: ops.gae_advantages(r, v, **kw),
+    "lambda_returns": lambda r, v, **kw: ops.lambda_returns(r, v, **kw),
 }
 _VALUED = ["td_errors", "gae_advantages", "lambda_returns"]
 
@@ -570,9 +640,9 @@ def test_values_wrong_shape(fn, shape):
 
 def test_values_wrong_shape_single_trajectory_names_given_shape():
     with pytest.raises(ValueError, match=r"`values`.*\[5\] or \[6\].*got \(3, 6\)"):
-        td_errors(np.zeros(5, np.float32), np.zeros((3, 6), np.float32))
+        ops.td_errors(np.zeros(5, np.float32), np.zeros((3, 6), np.float32))
     with pytest.raises(ValueError, match=r"`values`.*got \(8,\)"):
-        td_errors(np.zeros(5, np.float32), np.zeros(8, np.float32))
+        ops.td_errors(np.zeros(5, np.float32), np.zeros(8, np.float32))
 
 
 @pytest.mark.parametrize("fn", _VALUED)
@@ -593,7 +663,9 @@ def test_mask_and_dones_shape_mismatch(fn, arg, shape):
 
 def test_bootstrap_value_shape_mismatch():
     with pytest.raises(ValueError, match="`bootstrap_value`"):
-        discounted_returns(np.zeros((2, 3), np.float32), bootstrap_value=np.zeros(3, np.float32))
+        ops.discounted_returns(
+            np.zeros((2, 3), np.float32), bootstrap_value=np.zeros(3, np.float32)
+        )
 
 
 @pytest.mark.parametrize("fn", list(_ALL))
@@ -603,21 +675,21 @@ def test_gamma_out_of_range(fn, gamma):
         _ALL[fn](np.zeros((2, 3), np.float32), np.zeros((2, 4), np.float32), gamma=gamma)
 
 
-@pytest.mark.parametrize("fn", [gae_advantages, lambda_returns])
+@pytest.mark.parametrize("fn", [ops.gae_advantages, ops.lambda_returns])
 @pytest.mark.parametrize("lam", [2.0, -0.5])
 def test_lambda_out_of_range(fn, lam):
     with pytest.raises(ValueError, match="`lambda_`"):
         fn(np.zeros((2, 3), np.float32), np.zeros((2, 4), np.float32), 0.9, lam)
 
 
-def test_guide_wrapper_checks_gae_lambda():
+def test_tutorial_wrapper_checks_gae_lambda():
     with pytest.raises(ValueError, match="lambda"):
-        compute_gae_advantages(
+        ops.compute_gae_advantages(
             np.zeros((2, 3), np.float32), np.zeros((2, 4), np.float32), gae_lambda=2.0
         )
 
 
-@pytest.mark.parametrize("fn", [gae_advantages, lambda_returns])
+@pytest.mark.parametrize("fn", [ops.gae_advantages, ops.lambda_returns])
 @pytest.mark.parametrize("method", ["parallel", "Scan", None])
 def test_unknown_method(fn, method):
     with pytest.raises(ValueError, match="`method`"):
@@ -626,7 +698,7 @@ def test_unknown_method(fn, method):
 
 def test_errors_raise_at_trace_time_under_jit():
     with pytest.raises(ValueError, match="`values`"):
-        jax.jit(lambda r, v: gae_advantages(r, v))(
+        jax.jit(lambda r, v: ops.gae_advantages(r, v))(
             np.zeros((2, 3), np.float32), np.zeros((2, 5), np.float32)
         )
 
@@ -641,7 +713,7 @@ def test_auto_method_picks_scan_on_cpu_and_associative_on_accelerators(monkeypat
     r = jnp.array([[0.0, 1.0, 0.0, 2.0]])
     v = jnp.array([[0.5, 0.1, 0.2, 0.3, 0.4]])
     np.testing.assert_allclose(
-        gae_advantages(r, v, method="auto"), gae_advantages(r, v, method="scan"), rtol=1e-6
+        ops.gae_advantages(r, v, method="auto"), ops.gae_advantages(r, v, method="scan"), rtol=1e-6
     )
     with pytest.raises(ValueError, match="method"):
-        gae_advantages(r, v, method="fast")
+        ops.gae_advantages(r, v, method="fast")

@@ -1,0 +1,44 @@
+"""`import rlgen.ops` stays light: JAX and NumPy only, none of the heavier libraries that
+other layers use (Flax, Orbax, rich, distrax, TensorFlow Probability)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HEAVY = ("flax", "orbax", "rich", "distrax", "tensorflow_probability")
+ROOT = Path(__file__).resolve().parents[2]
+PROBE = """
+import json, sys
+import rlgen
+print(json.dumps([rlgen.__file__, sorted({m.split(".")[0] for m in sys.modules})]))
+"""
+
+
+def _modules_after(statement):
+    """Top-level package names in `sys.modules` after `statement`, in a fresh interpreter
+    that imports rlgen from this checkout."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    out = subprocess.run(
+        [sys.executable, "-c", statement + "\n" + PROBE],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": path},
+        cwd=ROOT,
+    )
+    rlgen_file, modules = json.loads(out.stdout.strip().splitlines()[-1])
+    assert Path(rlgen_file).resolve().is_relative_to(ROOT), rlgen_file
+    return set(modules)
+
+
+def test_import_rlgen_ops_loads_no_heavy_library():
+    loaded = _modules_after("import rlgen.ops")
+    assert "jax" in loaded and "rlgen" in loaded
+    assert not loaded.intersection(HEAVY), sorted(loaded.intersection(HEAVY))
+
+
+def test_the_probe_sees_a_heavy_import():
+    # The probe itself can fail: importing one of the libraries shows up.
+    assert "rich" in _modules_after("import rlgen.ops, rich")
