@@ -1063,7 +1063,11 @@ def test_page_module_table():
 
 @pytest.mark.parametrize("algorithm", sorted(RL_SECTIONS))
 def test_page_config_table(algorithm):
-    """Fields in order, types, defaults, Artifex's fields, and every option's choices."""
+    """Fields in order, types, defaults, Artifex's fields, and the choices the page names.
+
+    The page may name fewer choices than an option has (a new loss type or advantage
+    scale is one registry entry in the module that implements it), never one it lacks.
+    """
     text, _, config = rl_section(algorithm)
     rows = table_with(text, "default")
     fields = dataclasses.fields(config)
@@ -1071,8 +1075,10 @@ def test_page_config_table(algorithm):
     for row, field in zip(rows, fields, strict=True):
         assert spans(row["type"]) == [field.type], field.name
         assert ast.literal_eval(spans(row["default"])[0]) == field.default, field.name
-        for choice in field.metadata.get("choices", ()):
-            assert f'`"{choice}"`' in row["meaning"], (field.name, choice)
+        choices = field.metadata.get("choices")
+        if choices is not None:
+            named = [c[1:-1] for c in spans(row["meaning"]) if c.startswith('"')]
+            assert named and set(named) <= set(choices), (field.name, named)
     artifex = {spans(r["field"])[0] for r in rows if r["Artifex"] == "yes"}
     assert artifex == set(ARTIFEX_CONFIG_FIELDS[config.__name__])
 

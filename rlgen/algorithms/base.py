@@ -1,5 +1,6 @@
 """What every algorithm shares: the `Algorithm` pair, the state protocol, optimiser steps,
-batch checks, data-parallel reductions and the non-finite-reward guard.
+batch checks and the non-finite-reward guard (the data-parallel reductions are
+`rlgen.ops.psum`, `rlgen.ops.global_token_mean` and their kin).
 
 The state protocol
 ==================
@@ -42,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rlgen import _checks, ops
+from rlgen import _checks
 
 Params = Any
 Batch = Mapping[str, Any]
@@ -201,75 +202,6 @@ def static_group_size(batch: Batch, default: int) -> int:
             "`num_generations`"
         )
     return _checks.check_positive_int(int(value), "group_size")
-
-
-def psum(x, axis_name):
-    """`lax.psum` over `axis_name`, or `x` itself without one."""
-    return x if axis_name is None else jax.lax.psum(x, axis_name)
-
-
-def pmean(x, axis_name):
-    """`lax.pmean` over `axis_name`, or `x` itself without one."""
-    return x if axis_name is None else jax.lax.pmean(x, axis_name)
-
-
-def shard_local(tree, axis_name):
-    """`tree` (replicated params) marked as varying over `axis_name`, for differentiation.
-
-    The algorithms differentiate each shard's share of the loss and `psum` the gradients
-    themselves. Under `shard_map` with its replication check on (the default), the
-    gradient with respect to a *replicated* input comes out already summed over the axis
-    (the transpose of JAX's implicit `pvary` is a `psum`), and the explicit `psum` would
-    count it once per device. Differentiating with respect to a varying copy gives this
-    shard's own gradient under every setting (check on or off, `pmap`, older JAX).
-    """
-    if axis_name is None:
-        return tree
-    if hasattr(jax.lax, "pcast"):
-        cast = lambda x: jax.lax.pcast(x, axis_name, to="varying")  # noqa: E731
-    elif hasattr(jax.lax, "pvary"):
-        cast = lambda x: jax.lax.pvary(x, axis_name)  # noqa: E731
-    else:  # no replication typing: gradients are per shard already
-        return tree
-
-    def one(x):
-        try:
-            return cast(x)
-        except ValueError:  # already varying over `axis_name`
-            return x
-
-    return jax.tree.map(one, tree)
-
-
-def global_token_mean(values, mask, mode, axis_name, *, norm=None, count=None):
-    """This shard's share of the batch-wide aggregate: `total_local / count_global`.
-
-    Summing it over shards (or micro-batches) gives `rlgen.ops.aggregate` of the whole
-    batch, and so does summing its gradients, which is what keeps data parallelism and
-    gradient accumulation exact. `count_global` is this mask's count summed over
-    `axis_name`; a micro-batch must pass `count` (the whole batch's, from
-    `global_count`), since its own mask sees only part of the batch.
-    """
-    total, local_count = ops.aggregate_parts(values, mask, mode, norm=norm)
-    if count is None:
-        count = psum(local_count, axis_name)
-    count = jax.lax.stop_gradient(count)
-    return jnp.where(count > 0, total / jnp.where(count > 0, count, 1.0), 0.0)
-
-
-def global_count(mask, mode, axis_name):
-    """The denominator of `mode` for the whole batch `mask` (global over `axis_name`)."""
-    _, count = ops.aggregate_parts(jnp.zeros(mask.shape, jnp.float32), mask, mode)
-    return jax.lax.stop_gradient(psum(count, axis_name))
-
-
-def check_aggregation(mode, name="loss_aggregation"):
-    """Validates an aggregation mode (`rlgen.ops.aggregate`), naming the config field."""
-    try:
-        return ops.aggregation.canonical_mode(mode)
-    except ValueError:
-        listed = ", ".join(repr(m) for m in ops.AGGREGATION_MODES)
-        raise ValueError(f"unknown `{name}` {mode!r}; expected one of {listed}") from None
 
 
 def check_rewards(rewards, name="rewards"):

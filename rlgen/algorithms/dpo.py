@@ -56,9 +56,11 @@ class DPOConfig:
     (cDPO / robust DPO flip rate), `reference_free=False` (True selects SimPO: length-
     normalised log-probs, target margin `simpo_gamma`, no reference; Meng et al. 2024).
 
-    Extras: `loss_type` (None: "simpo" if `reference_free` else "sigmoid"; or "robust",
-    "hinge", "ipo"), `simpo_gamma=0.5`, `length_normalize=False` (average instead of
-    summed token log-probs for sigmoid/robust/hinge; IPO and SimPO always normalise),
+    Extras: `loss_type` (one of `rlgen.ops.PREFERENCE_LOSS_TYPES`, whose entries say
+    what each needs; None: the first whose use of a reference matches `reference_free`,
+    i.e. "sigmoid", or "simpo" when reference-free), `simpo_gamma=0.5`,
+    `length_normalize=False` (average instead of summed token log-probs for the types
+    that are not length-normalised already),
     `reference` ("initial": a frozen copy of the params at `init`; "batch": the
     `ref_*_log_probs` keys), `max_grad_norm` (None: no clipping), `axis_name`.
     """
@@ -66,7 +68,7 @@ class DPOConfig:
     beta: float = 0.1
     label_smoothing: float = 0.0
     reference_free: bool = False
-    loss_type: str | None = None
+    loss_type: str | None = _checks.option(None, ops.PREFERENCE_LOSS_TYPES)
     simpo_gamma: float = 0.5
     length_normalize: bool = False
     reference: str = _checks.option("initial", reference.SOURCES)
@@ -75,26 +77,24 @@ class DPOConfig:
 
     def __post_init__(self):
         _checks.check_range(self.beta, "beta", 0.0, low_open=True)
-        if not isinstance(self.reference_free, bool):
-            raise TypeError("`reference_free` must be a bool")
-        if self.loss_type is None:
-            object.__setattr__(self, "loss_type", "simpo" if self.reference_free else "sigmoid")
-        _checks.check_choice(self.loss_type, ops.PREFERENCE_LOSS_TYPES, "loss_type")
-        if self.reference_free and self.loss_type != "simpo":
-            raise ValueError(
-                f"reference_free=True selects SimPO; loss_type {self.loss_type!r} needs a "
-                "reference (set reference_free=False)"
+        _checks.check_bool(self.reference_free, "reference_free")
+        _checks.check_bool(self.length_normalize, "length_normalize")
+        if self.loss_type is None:  # the first type that matches `reference_free`
+            default = next(
+                name
+                for name, t in ops.PREFERENCE_LOSS_TYPES.items()
+                if t.uses_reference != self.reference_free
             )
-        if self.loss_type == "simpo" and not self.reference_free:
-            raise ValueError("loss_type 'simpo' is reference-free: set reference_free=True")
-        robust = self.loss_type == "robust"
-        _checks.check_range(self.label_smoothing, "label_smoothing", 0.0, 0.5, high_open=robust)
-        if self.loss_type in ("hinge", "ipo") and self.label_smoothing != 0:
-            raise ValueError(f"loss_type {self.loss_type!r} does not use `label_smoothing`")
+            object.__setattr__(self, "loss_type", default)
+        spec = ops.check_loss_settings(self.loss_type, self.label_smoothing)
+        if spec.uses_reference == self.reference_free:
+            needs = "needs a reference" if spec.uses_reference else "is reference-free"
+            raise ValueError(
+                f"loss_type {self.loss_type!r} {needs}: set reference_free="
+                f"{not spec.uses_reference} (reference_free=True selects SimPO)"
+            )
         _checks.check_range(self.simpo_gamma, "simpo_gamma")
-        if not isinstance(self.length_normalize, bool):
-            raise TypeError("`length_normalize` must be a bool")
-        if self.length_normalize and self.loss_type in ("ipo", "simpo"):
+        if self.length_normalize and spec.length_normalized:
             raise ValueError(
                 f"loss_type {self.loss_type!r} is always length-normalised; leave "
                 "`length_normalize` False"
@@ -105,7 +105,8 @@ class DPOConfig:
 
     @property
     def uses_reference(self) -> bool:
-        return self.loss_type != "simpo"
+        """Whether the loss type compares the policy with a reference."""
+        return ops.PREFERENCE_LOSS_TYPES[self.loss_type].uses_reference
 
 
 class DPOState(NamedTuple):
@@ -152,12 +153,12 @@ def dpo_loss(batch, config: DPOConfig = DPOConfig()):
 
 
 def _loss_kwargs(config):
-    kw = {"loss_type": config.loss_type, "beta": config.beta}
-    if config.loss_type in ("sigmoid", "robust", "simpo"):
-        kw["label_smoothing"] = config.label_smoothing
-    if config.loss_type == "simpo":
-        kw["simpo_gamma"] = config.simpo_gamma
-    return kw
+    return {
+        "loss_type": config.loss_type,
+        "beta": config.beta,
+        "label_smoothing": config.label_smoothing,
+        "simpo_gamma": config.simpo_gamma,
+    }
 
 
 def _batch_refs(batch, config):
@@ -165,7 +166,10 @@ def _batch_refs(batch, config):
     present = [k for k in keys if k in batch]
     if not config.uses_reference:
         if present:
-            raise ValueError(f"SimPO (reference_free=True) takes no reference; drop {present}")
+            raise ValueError(
+                f"loss_type {config.loss_type!r} (reference_free=True) takes no reference; "
+                f"drop {present}"
+            )
         return (None, None)
     if len(present) != 2:
         raise ValueError(
@@ -177,7 +181,7 @@ def _batch_refs(batch, config):
 
 def _reduce(out: ops.PreferenceLoss, axis_name):
     """Mean over pairs (global under `axis_name`), as the metrics of `METRICS`."""
-    mean = lambda x: base.pmean(jnp.mean(x), axis_name)  # noqa: E731
+    mean = lambda x: ops.pmean(jnp.mean(x), axis_name)  # noqa: E731
     margin = out.chosen_rewards - out.rejected_rewards
     loss = mean(out.losses)
     metrics = {
@@ -261,7 +265,7 @@ def dpo_sequence_loss(
         _batch_refs(batch, config)  # rejects reference keys for SimPO
     (chosen, len_c), (rejected, len_r) = seq["chosen"], seq["rejected"]
     lengths = {}
-    if config.loss_type in ("ipo", "simpo"):
+    if ops.PREFERENCE_LOSS_TYPES[config.loss_type].length_normalized:
         lengths = {"chosen_lengths": len_c, "rejected_lengths": len_r}
     elif config.length_normalize:
         chosen, rejected = chosen / jnp.maximum(len_c, 1.0), rejected / jnp.maximum(len_r, 1.0)
@@ -308,8 +312,8 @@ def dpo(policy_fn, optimizer: optax.GradientTransformation, config: DPOConfig = 
         grads, metrics = jax.grad(
             lambda p: dpo_sequence_loss(p, batch, policy_fn, local, ref_params=ref),
             has_aux=True,
-        )(base.shard_local(state.params, config.axis_name))
-        grads, metrics = jax.tree.map(lambda x: base.pmean(x, config.axis_name), (grads, metrics))
+        )(ops.shard_local(state.params, config.axis_name))
+        grads, metrics = jax.tree.map(lambda x: ops.pmean(x, config.axis_name), (grads, metrics))
         params, opt_state = base.apply_gradients(tx, state.params, state.opt_state, grads)
         return DPOState(params, opt_state, state.step + 1, state.ref_params), metrics
 

@@ -98,9 +98,8 @@ class GRPOConfig:
             _checks.check_range(self.epsilon_high, "epsilon_high", 0.0)
         if self.dual_clip is not None:
             _checks.check_range(self.dual_clip, "dual_clip", 1.0, low_open=True)
-        object.__setattr__(
-            self, "loss_aggregation", base.check_aggregation(self.loss_aggregation)
-        )
+        mode = ops.aggregation.canonical_mode(self.loss_aggregation, "loss_aggregation")
+        object.__setattr__(self, "loss_aggregation", mode)
         _checks.check_options(self)
         _checks.check_range(self.advantage_eps, "advantage_eps", 0.0)
         if self.max_completion_length is not None:
@@ -109,8 +108,7 @@ class GRPOConfig:
         _checks.check_positive_int(
             self.gradient_accumulation_steps, "gradient_accumulation_steps"
         )
-        if not isinstance(self.mask_truncated_completions, bool):
-            raise TypeError("`mask_truncated_completions` must be a bool")
+        _checks.check_bool(self.mask_truncated_completions, "mask_truncated_completions")
         if self.max_grad_norm is not None:
             _checks.check_range(self.max_grad_norm, "max_grad_norm", 0.0, low_open=True)
 
@@ -213,9 +211,9 @@ def _prepare(params, ref_params, batch, policy_fn, config) -> tuple[_Prepared, d
     )
     stats = {
         # NaN when a reward was non-finite: reported, and the update is skipped.
-        "mean_reward": base.pmean(jnp.mean(returns), config.axis_name),
+        "mean_reward": ops.pmean(jnp.mean(returns), config.axis_name),
         "group_advantage_std": ops.masked_moments(advantages, axis_name=config.axis_name)[1],
-        "n_bad": base.psum(n_bad, config.axis_name),
+        "n_bad": ops.psum(n_bad, config.axis_name),
     }
     return prepared, stats
 
@@ -248,7 +246,7 @@ def _loss(params, prepared: _Prepared, policy_fn, config, norm, counts):
 
     def agg(x, m=mode):
         kw = norm_kw if m == mode else {}
-        return base.global_token_mean(x, mask, m, config.axis_name, count=counts[m], **kw)
+        return ops.global_token_mean(x, mask, m, config.axis_name, count=counts[m], **kw)
 
     policy_loss = agg(surrogate.loss)
     entropy_term = agg(entropy)
@@ -275,7 +273,7 @@ def _loss(params, prepared: _Prepared, policy_fn, config, norm, counts):
 def _counts(config, prepared):
     """Denominators of the aggregations used by `_loss`, over the whole batch."""
     modes = {config.loss_aggregation, "token-mean"}
-    return {m: base.global_count(prepared.mask, m, config.axis_name) for m in modes}
+    return {m: ops.global_count(prepared.mask, m, config.axis_name) for m in modes}
 
 
 def _norm(config, prepared):
@@ -319,8 +317,8 @@ def grpo_loss(params, batch, policy_fn, config: GRPOConfig = GRPOConfig(), *, re
     loss, metrics = _loss(
         params, prepared, policy_fn, config, _norm(config, prepared), _counts(config, prepared)
     )
-    loss = base.psum(loss, config.axis_name)
-    metrics = {k: base.psum(v, config.axis_name) for k, v in metrics.items()}
+    loss = ops.psum(loss, config.axis_name)
+    metrics = {k: ops.psum(v, config.axis_name) for k, v in metrics.items()}
     metrics.update(
         mean_reward=stats["mean_reward"], group_advantage_std=stats["group_advantage_std"]
     )
@@ -377,7 +375,7 @@ def grpo(policy_fn, optimizer: optax.GradientTransformation, config: GRPOConfig 
 
         def micro_grads(params, mb):
             (_, metrics), grads = jax.value_and_grad(_loss, has_aux=True)(
-                base.shard_local(params, config.axis_name), mb, policy_fn, config, norm, counts
+                ops.shard_local(params, config.axis_name), mb, policy_fn, config, norm, counts
             )
             return grads, metrics
 
@@ -393,7 +391,7 @@ def grpo(policy_fn, optimizer: optax.GradientTransformation, config: GRPOConfig 
                 rest = jax.tree.map(lambda x: x[1:], micro)
                 add = lambda acc, mb: (jax.tree.map(jnp.add, acc, micro_grads(params, mb)), None)  # noqa: E731
                 (grads, metrics), _ = jax.lax.scan(add, first, rest)
-            reduce = lambda tree: jax.tree.map(lambda x: base.psum(x, config.axis_name), tree)  # noqa: E731
+            reduce = lambda tree: jax.tree.map(lambda x: ops.psum(x, config.axis_name), tree)  # noqa: E731
             return reduce(grads), reduce(metrics)
 
         def iteration(carry, _):

@@ -69,11 +69,6 @@ def _check_axis_name(axis_name) -> None:
         )
 
 
-def _check_bool(value, name) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"`{name}` must be a bool, got {type(value).__name__} {value!r}")
-
-
 @dataclasses.dataclass(frozen=True)
 class PPOConfig:
     """PPO settings: the reference guide's fields and defaults, plus the update schedule.
@@ -134,7 +129,7 @@ class PPOConfig:
         _checks.check_positive_int(self.num_minibatches, "num_minibatches")
         if self.clip_value is not None:
             _checks.check_range(self.clip_value, "clip_value", 0.0, low_open=True)
-        _check_bool(self.normalize_advantages, "normalize_advantages")
+        _checks.check_bool(self.normalize_advantages, "normalize_advantages")
         if self.target_kl is not None:
             _checks.check_range(self.target_kl, "target_kl", 0.0, low_open=True)
         _check_axis_name(self.axis_name)
@@ -221,7 +216,7 @@ def _prepare(batch, config: PPOConfig) -> tuple[_Prepared, dict]:
         # NaN when a valid reward was non-finite: reported, and the update is skipped.
         "mean_reward": ops.aggregate(rewards, mask, _AGG, axis_name=config.axis_name),
         "advantage_mean": ops.aggregate(advantages, mask, _AGG, axis_name=config.axis_name),
-        "n_bad": base.psum(n_bad, config.axis_name),
+        "n_bad": ops.psum(n_bad, config.axis_name),
     }
     return prepared, stats
 
@@ -243,7 +238,7 @@ def _evaluate(params, data: _Prepared, policy_fn):
 def _loss(params, data: _Prepared, policy_fn, config: PPOConfig):
     """PPO loss of (a minibatch of) prepared data: this device's share of the global loss.
 
-    Each term is `sum_local / count_global` (`base.global_token_mean`): summed over the
+    Each term is `sum_local / count_global` (`rlgen.ops.global_token_mean`): summed over the
     devices of `axis_name` it is the token mean of the whole minibatch.
     """
     log_probs, entropy, values = _evaluate(params, data, policy_fn)
@@ -263,7 +258,7 @@ def _loss(params, data: _Prepared, policy_fn, config: PPOConfig):
     )
 
     def agg(x):
-        return base.global_token_mean(x, mask, _AGG, config.axis_name)
+        return ops.global_token_mean(x, mask, _AGG, config.axis_name)
 
     policy_loss = agg(surrogate.loss)
     value_loss = agg(v_loss)
@@ -280,10 +275,6 @@ def _loss(params, data: _Prepared, policy_fn, config: PPOConfig):
         "clip_fraction": agg(surrogate.clipped),
     }
     return loss, metrics
-
-
-def _psum_tree(tree, axis_name):
-    return jax.tree.map(lambda x: base.psum(x, axis_name), tree)
 
 
 def ppo_loss(params, batch, policy_fn, config: PPOConfig = PPOConfig()):
@@ -323,8 +314,8 @@ def ppo_loss(params, batch, policy_fn, config: PPOConfig = PPOConfig()):
         raise TypeError(f"`config` must be a PPOConfig, got {type(config).__name__}")
     prepared, stats = _prepare(batch, config)
     loss, metrics = _loss(params, prepared, policy_fn, config)
-    loss = base.psum(loss, config.axis_name)
-    metrics = _psum_tree(metrics, config.axis_name)
+    loss = ops.psum(loss, config.axis_name)
+    metrics = ops.psum(metrics, config.axis_name)
     metrics.update(mean_reward=stats["mean_reward"], advantage_mean=stats["advantage_mean"])
     return loss, metrics
 
@@ -419,9 +410,9 @@ def ppo(
     def grad_step(carry, mb):
         params, opt_state = carry
         (_, metrics), grads = jax.value_and_grad(_loss, has_aux=True)(
-            base.shard_local(params, axis), mb, policy_fn, config
+            ops.shard_local(params, axis), mb, policy_fn, config
         )
-        grads, metrics = _psum_tree((grads, metrics), axis)
+        grads, metrics = ops.psum((grads, metrics), axis)
         params, opt_state = base.apply_gradients(tx, params, opt_state, grads)
         return (params, opt_state), metrics
 
@@ -438,7 +429,7 @@ def ppo(
             return ops.aggregate_parts(kl, mb.mask, _AGG)
 
         totals, counts = jax.lax.map(parts, mbs)
-        total, count = base.psum(jnp.sum(totals), axis), base.psum(jnp.sum(counts), axis)
+        total, count = ops.psum(jnp.sum(totals), axis), ops.psum(jnp.sum(counts), axis)
         return jnp.where(count > 0, total / jnp.where(count > 0, count, 1.0), 0.0)
 
     def update(state: PPOState, batch):

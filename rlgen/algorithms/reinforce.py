@@ -51,12 +51,10 @@ class REINFORCEConfig:
 
     def __post_init__(self):
         _checks.check_range(self.gamma, "gamma", 0.0, 1.0)
-        if not isinstance(self.normalize_returns, bool):
-            raise TypeError("`normalize_returns` must be a bool")
+        _checks.check_bool(self.normalize_returns, "normalize_returns")
         _checks.check_range(self.entropy_coeff, "entropy_coeff", 0.0)
-        object.__setattr__(
-            self, "loss_aggregation", base.check_aggregation(self.loss_aggregation)
-        )
+        mode = ops.aggregation.canonical_mode(self.loss_aggregation, "loss_aggregation")
+        object.__setattr__(self, "loss_aggregation", mode)
         _checks.check_options(self)
         _checks.check_positive_int(self.num_generations, "num_generations")
         if self.baseline == "rloo" and self.num_generations < 2:
@@ -157,8 +155,8 @@ def _loss(params, batch, policy_fn, config):
         )
     advantages, totals, n_bad = _advantages(batch, mask, config)
     mode = config.loss_aggregation
-    policy_loss = base.global_token_mean(-log_probs * advantages, mask, mode, config.axis_name)
-    entropy_term = base.global_token_mean(entropy, mask, "token-mean", config.axis_name)
+    policy_loss = ops.global_token_mean(-log_probs * advantages, mask, mode, config.axis_name)
+    entropy_term = ops.global_token_mean(entropy, mask, "token-mean", config.axis_name)
     loss = policy_loss - config.entropy_coeff * entropy_term
     mean_reward, reward_std = ops.masked_moments(totals, axis_name=config.axis_name)
     metrics = {
@@ -174,7 +172,7 @@ def _loss(params, batch, policy_fn, config):
 def _reduce_shares(metrics, axis_name):
     """Sums the per-shard shares of the loss terms (the reward moments are already global)."""
     shares = ("loss", "policy_loss", "entropy")
-    return {k: base.psum(v, axis_name) if k in shares else v for k, v in metrics.items()}
+    return {k: ops.psum(v, axis_name) if k in shares else v for k, v in metrics.items()}
 
 
 def reinforce(policy_fn, optimizer: optax.GradientTransformation, config=REINFORCEConfig()):
@@ -200,11 +198,11 @@ def reinforce(policy_fn, optimizer: optax.GradientTransformation, config=REINFOR
 
     def update(state: REINFORCEState, batch):
         grads, (metrics, n_bad) = jax.grad(_loss, has_aux=True)(
-            base.shard_local(state.params, config.axis_name), batch, policy_fn, config
+            ops.shard_local(state.params, config.axis_name), batch, policy_fn, config
         )
-        grads = jax.tree.map(lambda g: base.psum(g, config.axis_name), grads)
+        grads = jax.tree.map(lambda g: ops.psum(g, config.axis_name), grads)
         metrics = _reduce_shares(metrics, config.axis_name)
-        n_bad = base.psum(n_bad, config.axis_name)
+        n_bad = ops.psum(n_bad, config.axis_name)
         params, opt_state = base.apply_gradients(
             tx, state.params, state.opt_state, grads, skip=n_bad > 0
         )

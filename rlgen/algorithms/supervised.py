@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rlgen import _checks
+from rlgen import _checks, ops
 from rlgen.algorithms import base
 
 
@@ -86,10 +86,10 @@ def supervised(
     def update(state: SupervisedState, batch):
         key, step_key = jax.random.split(state.key)
         grads, (loss, metrics) = jax.grad(_with_loss(loss_fn), has_aux=True)(
-            base.shard_local(state.params, axis_name), batch, step_key, state.step
+            ops.shard_local(state.params, axis_name), batch, step_key, state.step
         )
         grads, loss, metrics = jax.tree.map(
-            lambda x: base.pmean(x, axis_name), (grads, loss, metrics)
+            lambda x: ops.pmean(x, axis_name), (grads, loss, metrics)
         )
         params, opt_state = base.apply_gradients(tx, state.params, state.opt_state, grads)
         return SupervisedState(params, opt_state, state.step + 1, key), {"loss": loss, **metrics}

@@ -90,9 +90,7 @@ def next_token_loss(model, batch, key, step, config: AutoregressiveConfig = Auto
             f"the next-token batch needs 'tokens' [B, L] (optional 'mask' [B, L]); got keys "
             f"{sorted(batch)}"
         )
-    tokens = _checks.as_array(batch["tokens"], "tokens")
-    _checks.check_integer(tokens, "tokens")
-    _checks.check_rank(tokens, 2, "tokens")
+    tokens = _checks.int_array(batch["tokens"], "tokens", rank=2)
     if tokens.shape[1] < 2:
         raise ValueError(f"`tokens` needs at least 2 positions, got shape {tokens.shape}")
     mask = _checks.as_mask(batch.get("mask"), tokens.shape, "mask", "tokens")[:, 1:]
@@ -138,11 +136,10 @@ def sequence_cross_entropy(logits, targets, *, label_smoothing=0.0):
       >>> sequence_cross_entropy(logits, jnp.array([[0, 3]])).round(4)
       Array([[1.3863, 1.3863]], dtype=float32)
     """
-    logits = _checks.as_array(logits, "logits")
-    targets = _checks.as_array(targets, "targets")
-    _checks.check_float(logits, "logits")
-    _checks.check_integer(targets, "targets")
-    _checks.check_shape(targets, logits.shape[:-1], "targets", "logits[..., V] without V")
+    logits = _checks.float_array(logits, "logits", min_rank=1)
+    targets = _checks.int_array(
+        targets, "targets", shape=logits.shape[:-1], like="logits[..., V] without V"
+    )
     _checks.check_range(label_smoothing, "label_smoothing", 0.0, 1.0, high_open=True)
     eps = label_smoothing
     z = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
@@ -177,10 +174,8 @@ def scheduled_sampling_inputs(tokens, logits, prob, key, *, greedy=False):
       >>> scheduled_sampling_inputs(toks, logits, 1.0, jax.random.key(0))
       Array([[1, 0, 0]], dtype=int32)
     """
-    tokens = _checks.as_array(tokens, "tokens")
-    logits = _checks.as_array(logits, "logits")
-    _checks.check_integer(tokens, "tokens")
-    _checks.check_rank(tokens, 2, "tokens")
+    tokens = _checks.int_array(tokens, "tokens", rank=2)
+    logits = _checks.float_array(logits, "logits", rank=3)
     _checks.check_shape(logits, (*tokens.shape, logits.shape[-1]), "logits", "[B, L, V]")
     _checks.check_range(prob, "prob", 0.0, 1.0)
     logits = jax.lax.stop_gradient(logits[:, :-1])

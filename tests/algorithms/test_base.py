@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from rlgen import ops
+from rlgen import algorithms as A
 from rlgen.algorithms import base
 
 RNG = np.random.default_rng(3)
@@ -117,32 +117,13 @@ def test_sequence_rewards_to_steps_places_rewards_on_the_last_valid_step():
 # ------------------------------------------------------------- data-parallel helpers
 
 
-def test_reductions_without_an_axis_are_the_local_values():
-    x = jnp.arange(3.0)
-    assert base.psum(x, None) is x and base.pmean(x, None) is x
-    tree = {"w": x}
-    assert base.shard_local(tree, None) is tree
-
-
-@pytest.mark.parametrize("mode", ops.AGGREGATION_MODES)
-def test_global_token_mean_is_the_aggregate_and_shares_sum_to_it(mode):
-    values = jnp.asarray(RNG.normal(size=(4, 3)), jnp.float32)
-    mask = jnp.array([[1, 1, 1], [1, 0, 0], [0, 0, 0], [1, 1, 0]], jnp.float32)
-    whole = base.global_token_mean(values, mask, mode, None)
-    np.testing.assert_allclose(whole, ops.aggregate(values, mask, mode), rtol=1e-6)
-    # Micro-batch shares with the whole batch's count add up to the whole-batch value.
-    count = base.global_count(mask, mode, None)
-    shares = [
-        base.global_token_mean(values[s], mask[s], mode, None, count=count)
-        for s in (slice(0, 2), slice(2, 4))
-    ]
-    np.testing.assert_allclose(sum(shares), whole, rtol=1e-6)
-
-
-def test_check_aggregation_names_the_field():
-    assert base.check_aggregation("seq-mean-token-mean") == "sequence-mean-token-mean"
+@pytest.mark.parametrize("config", [A.GRPOConfig, A.REINFORCEConfig])
+def test_configs_canonicalise_aggregation_aliases_and_name_the_field(config):
+    assert config(loss_aggregation="seq-mean-token-mean").loss_aggregation == (
+        "sequence-mean-token-mean"
+    )
     with pytest.raises(ValueError, match="unknown `loss_aggregation` 'mean'.*'token-mean'"):
-        base.check_aggregation("mean")
+        config(loss_aggregation="mean")
 
 
 # ---------------------------------------------------------------------- state protocol
