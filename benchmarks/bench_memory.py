@@ -1,6 +1,6 @@
 """Memory of a compiled GRPO update vs a PPO update whose critic is as large as the policy.
 
-The reference guide claims GRPO saves "approximately 50%" of PPO's memory by dropping the
+Artifex's RL guide claims GRPO saves "approximately 50%" of PPO's memory by dropping the
 value network. This measures it from XLA's memory analysis of the two compiled
 `update` programs on the same token-sequence policy (embedding, residual MLP blocks with
 a causal running-mean mixer, untied unembedding) and the same Adam optimiser:

@@ -21,7 +21,7 @@ from rlgen import _checks
 
 @runtime_checkable
 class RewardFunction(Protocol):
-    """Protocol of a reward function (the reference guide's).
+    """Protocol of a reward function (the one Artifex's RL trainers use).
 
     `__call__(samples, conditions=None, **kwargs)` returns rewards of shape
     `(batch_size,)`, where `batch_size = samples.shape[0]` (or the leading axis of the

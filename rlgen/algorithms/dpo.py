@@ -50,9 +50,9 @@ METRICS = (
 
 @dataclasses.dataclass(frozen=True)
 class DPOConfig:
-    """DPO settings: the reference guide's fields and defaults, plus extras.
+    """DPO settings: Artifex's fields and defaults (docs/compatibility.md), plus extras.
 
-    Guide fields: `beta=0.1` (temperature of the implicit reward), `label_smoothing=0.0`
+    Artifex's fields: `beta=0.1` (temperature of the implicit reward), `label_smoothing=0.0`
     (cDPO / robust DPO flip rate), `reference_free=False` (True selects SimPO: length-
     normalised log-probs, target margin `simpo_gamma`, no reference; Meng et al. 2024).
 

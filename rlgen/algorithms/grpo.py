@@ -51,9 +51,9 @@ METRICS = (
 
 @dataclasses.dataclass(frozen=True)
 class GRPOConfig:
-    """GRPO settings: the reference guide's fields and defaults, plus the variants.
+    """GRPO settings: Artifex's fields and defaults (docs/compatibility.md), plus the variants.
 
-    Guide fields: `num_generations=4` (group size G), `clip_param=0.2` (PPO clip),
+    Artifex's fields: `num_generations=4` (group size G), `clip_param=0.2` (PPO clip),
     `beta=0.01` (KL coefficient), `entropy_coeff=0.01` (entropy bonus), `gamma=0.99`
     (discount of per-step `[B, T]` rewards into each completion's return).
 

@@ -71,9 +71,9 @@ def _check_axis_name(axis_name) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class PPOConfig:
-    """PPO settings: the reference guide's fields and defaults, plus the update schedule.
+    """PPO settings: Artifex's fields and defaults (docs/compatibility.md), and the schedule.
 
-    Guide fields: `gamma=0.99` (discount of the GAE), `gae_lambda=0.95` (GAE lambda),
+    Artifex's fields: `gamma=0.99` (discount of the GAE), `gae_lambda=0.95` (GAE lambda),
     `clip_param=0.2` (surrogate clip range epsilon), `vf_coeff=0.5` (value-loss weight),
     `entropy_coeff=0.01` (entropy bonus weight), `max_grad_norm=0.5` (global-norm
     gradient clipping; None turns it off).

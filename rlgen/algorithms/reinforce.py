@@ -27,9 +27,9 @@ METRICS = ("loss", "policy_loss", "entropy", "mean_reward", "reward_std")
 
 @dataclasses.dataclass(frozen=True)
 class REINFORCEConfig:
-    """REINFORCE settings: the reference guide's fields and defaults, plus extras.
+    """REINFORCE settings: Artifex's fields and defaults (docs/compatibility.md), plus extras.
 
-    Guide fields: `gamma=0.99` (discount of the returns), `normalize_returns=True`
+    Artifex's fields: `gamma=0.99` (discount of the returns), `normalize_returns=True`
     (whiten the advantages to zero mean and unit variance over valid steps),
     `entropy_coeff=0.01` (entropy bonus).
 

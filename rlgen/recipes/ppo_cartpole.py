@@ -46,7 +46,7 @@ _TRUNCATION_KEYS = ("truncated", "terminated", "final_observation")
 # ----------------------------------------------------------------------------------------
 
 # Tuned for CartPole-v1 within 500k environment steps: 64 of 64 seeds (0-63, vmapped)
-# reach a greedy evaluation return of 500, most by 100k steps. The guide's PPO defaults,
+# reach a greedy evaluation return of 500, most by 100k steps. Artifex's PPO defaults,
 # plus 4 epochs of 4 minibatches and value clipping: without it, a run now and then
 # collapses for good (a value-loss spike inflates the global gradient norm, the clip
 # shrinks the policy's share of the step to nothing, and the policy stops moving).

@@ -199,8 +199,7 @@ class PPOTrainer(_AlgorithmTrainer):
       >>> from flax import nnx
       >>> from rlgen.models import MLPActorCritic
       >>> model = MLPActorCritic(3, 2, hidden=(8,), rngs=nnx.Rngs(0))
-      >>> opt = nnx.Optimizer(model, optax.adam(3e-4), wrt=nnx.Param)
-      >>> trainer = PPOTrainer(model, opt, PPOConfig())
+      >>> trainer = PPOTrainer(model, nnx.Optimizer(model, optax.adam(3e-4), wrt=nnx.Param))
       >>> traj = {"observations": jnp.ones((2, 5, 3)), "actions": jnp.zeros((2, 5), int),
       ...         "rewards": jnp.ones((2, 5)), "values": jnp.zeros((2, 5)),
       ...         "log_probs": jnp.full((2, 5), -0.69), "dones": jnp.zeros((2, 5))}
@@ -232,8 +231,8 @@ class DPOTrainer(_AlgorithmTrainer):
       >>> from flax import nnx
       >>> from rlgen.models import MLPPolicy
       >>> model = MLPPolicy(3, 2, hidden=(8,), rngs=nnx.Rngs(0))
-      >>> opt = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
-      >>> trainer = DPOTrainer(model, opt, DPOConfig(beta=0.1))
+      >>> config = DPOConfig(beta=0.1)  # the reference: a frozen copy of the model
+      >>> trainer = DPOTrainer(model, nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param), config)
       >>> obs = jnp.ones((4, 3))
       >>> batch = {"chosen_observations": obs, "chosen_actions": jnp.ones(4, int),
       ...          "rejected_observations": obs, "rejected_actions": jnp.zeros(4, int)}
