@@ -35,7 +35,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from rlgen import _checks
@@ -47,8 +46,7 @@ def _check_optional_positive_int(x: Any, name: str) -> int | None:
 
 
 def _check_token_id(x: Any, name: str, vocab_size: int) -> int:
-    if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
-        raise TypeError(f"`{name}` must be a Python int (a token id), got {type(x).__name__}")
+    _checks.check_int(x, name, what="a Python int (a token id)")
     if not 0 <= x < vocab_size:
         raise ValueError(f"`{name}` must be a token id in [0, {vocab_size}) (vocab_size), got {x}")
     return int(x)

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from rlgen import _checks
 from rlgen.algorithms.ppo import PPOConfig, ppo
 from rlgen.envs import cartpole
 from rlgen.recipes import nested
@@ -102,9 +103,7 @@ class CartPoleConfig:
 
     def __post_init__(self):
         for name in ("total_timesteps", "num_envs", "num_steps", "hidden_size", "eval_episodes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+            _checks.check_int(getattr(self, name), name, low=1)
         steps_per_update = self.num_envs * self.num_steps
         if self.total_timesteps < steps_per_update:
             raise ValueError(

@@ -101,8 +101,7 @@ class Trainer:
                 raise ValueError(
                     f"`data_axis` {data_axis!r} is not an axis of `mesh` {mesh.axis_names}"
                 )
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"`seed` must be a Python int, got {type(seed).__name__}")
+        _checks.check_int(seed, "seed", what="a Python int")
         self.model, self.optimizer, self.config, self.seed = model, optimizer, config, seed
         self.mesh, self.data_axis = mesh, data_axis
         self._binding = ModelBinding(model, optimizer)
@@ -172,11 +171,7 @@ class Trainer:
         batch = dict(batch)
         static = tuple((k, batch.pop(k)) for k in self.static_batch_keys if k in batch)
         for name, value in static:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(
-                    f"batch[{name!r}] must be a Python int (it fixes array shapes), got "
-                    f"{type(value).__name__}"
-                )
+            _checks.check_int(value, f"batch[{name!r}]", what="a Python int (it fixes shapes)")
         state, metrics = self._compiled_update(
             self.state, self._rest, self.shard(batch), static=static
         )

@@ -1,11 +1,14 @@
-"""`import rlgen.ops` stays light: JAX and NumPy only, none of the heavier libraries that
-other layers use (Flax, Orbax, rich, distrax, TensorFlow Probability)."""
+"""`import rlgen.ops` and `import rlgen.algorithms` stay light: JAX, NumPy and optax, none
+of the heavier libraries that other layers use (Flax, Orbax, rich, distrax, TensorFlow
+Probability)."""
 
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 HEAVY = ("flax", "orbax", "rich", "distrax", "tensorflow_probability")
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,8 +36,9 @@ def _modules_after(statement):
     return set(modules)
 
 
-def test_import_rlgen_ops_loads_no_heavy_library():
-    loaded = _modules_after("import rlgen.ops")
+@pytest.mark.parametrize("module", ["rlgen.ops", "rlgen.algorithms"])
+def test_import_of_the_functional_layers_loads_no_heavy_library(module):
+    loaded = _modules_after(f"import {module}")
     assert "jax" in loaded and "rlgen" in loaded
     assert not loaded.intersection(HEAVY), sorted(loaded.intersection(HEAVY))
 
