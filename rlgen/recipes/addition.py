@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -42,9 +42,6 @@ from rlgen.callbacks import Callback
 from rlgen.models import SamplingConfig, TransformerConfig, TransformerLM
 from rlgen.recipes import check_pinned, nested
 from rlgen.trainers import AutoregressiveConfig, AutoregressiveTrainer, GRPOTrainer
-
-if TYPE_CHECKING:
-    from rlgen.cli import RunFolder
 
 # Vocabulary: pad, end of answer, '+', '=', digits 0-9.
 PAD, EOS, PLUS, EQUALS, DIGIT0 = 0, 1, 2, 3, 4
@@ -301,8 +298,12 @@ def accuracy(model: TransformerLM, pairs, *, batch_size: int = 1000) -> float:
 # ----------------------------------------------------------------------------------------
 
 
-def run(config: AdditionConfig, folder: RunFolder) -> dict[str, Any]:
+def run(config: AdditionConfig, folder) -> dict[str, Any]:
     """Pretrains, fine-tunes with GRPO and evaluates, in ``folder``; returns the results.
+
+    ``folder`` is the run folder the ``rlgen`` command hands over (`rlgen.cli.RunFolder`:
+    ``phase``, ``log``, ``echo``, ``mesh``, ``plot_reward_curve``); the recipe does not
+    import the command-line layer above it.
 
     The results are the phase figures (``pretrain_steps_taken``, ``pretrain_seconds``,
     ``grpo_seconds``, ``seconds``) and held-out greedy accuracy before and after GRPO
