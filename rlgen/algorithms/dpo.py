@@ -140,7 +140,7 @@ def dpo_loss(batch, config: DPOConfig = DPOConfig()):
       0.6931
     """
     base.check_batch(batch, _LP_REQUIRED, _LP_OPTIONAL, "DPO (log-prob form)")
-    refs = _batch_refs(batch, config)
+    refs = _references(batch, config)
     out = ops.preference_loss(
         batch["chosen_log_probs"],
         batch["rejected_log_probs"],
@@ -161,22 +161,20 @@ def _loss_kwargs(config):
     }
 
 
-def _batch_refs(batch, config):
-    keys = _REFS
-    present = [k for k in keys if k in batch]
-    if not config.uses_reference:
-        if present:
-            raise ValueError(
-                f"loss_type {config.loss_type!r} (reference_free=True) takes no reference; "
-                f"drop {present}"
-            )
-        return (None, None)
-    if len(present) != 2:
-        raise ValueError(
-            f"DPO loss_type {config.loss_type!r} needs the batch keys {list(keys)} "
-            f"([B] reference sequence log-probs); got {sorted(batch)}"
+def _references(batch, config, source="batch", ref_params=(), compute=None):
+    """The pair of reference sequence log-probs (`rlgen.algorithms.reference`), or
+    ``(None, None)`` for a reference-free loss type (which refuses reference keys)."""
+    if config.uses_reference:
+        return reference.values(
+            batch, _REFS, source, ref_params, compute, required=True, owner="DPOConfig"
         )
-    return tuple(batch[k] for k in keys)
+    present = [k for k in _REFS if k in batch]
+    if present:
+        raise ValueError(
+            f"loss_type {config.loss_type!r} (reference_free=True) takes no reference; "
+            f"drop {present}"
+        )
+    return (None, None)
 
 
 def _reduce(out: ops.PreferenceLoss, axis_name):
@@ -250,19 +248,13 @@ def dpo_sequence_loss(
         return _sequence_log_probs(policy_fn, p, obs, actions, mask, name)
 
     seq = {side: sequence_log_probs(params, side) for side in ("chosen", "rejected")}
-    refs = (None, None)
-    if config.uses_reference:
-        refs = reference.values(
-            batch,
-            _REFS,
-            config.reference,
-            ref_params,
-            lambda p: tuple(sequence_log_probs(p, side)[0] for side in ("chosen", "rejected")),
-            required=True,
-            owner="DPOConfig",
-        )
-    else:
-        _batch_refs(batch, config)  # rejects reference keys for SimPO
+    refs = _references(
+        batch,
+        config,
+        config.reference,
+        ref_params,
+        lambda p: tuple(sequence_log_probs(p, side)[0] for side in ("chosen", "rejected")),
+    )
     (chosen, len_c), (rejected, len_r) = seq["chosen"], seq["rejected"]
     lengths = {}
     if ops.PREFERENCE_LOSS_TYPES[config.loss_type].length_normalized:

@@ -31,7 +31,7 @@ def _is_variable(x) -> bool:
 class _Slot:
     """One NNX model and its optimizer, seen as arrays."""
 
-    def __init__(self, model: nnx.Module, optimizer: nnx.Optimizer, where: str):
+    def __init__(self, model: nnx.Module, optimizer: nnx.Optimizer, where: tuple[str, str]):
         if not isinstance(model, nnx.Module):
             raise TypeError(f"`{where[0]}` must be a flax.nnx.Module, got {type(model).__name__}")
         if not isinstance(optimizer, nnx.Optimizer):
@@ -86,9 +86,6 @@ class ModelBinding:
                 for k in sorted(model)
             }
 
-    def _per_model(self, values: Mapping[str, Any]):
-        return values["model"] if self.single else dict(values)
-
     @property
     def tx(self):
         """The optax transformation of the state's ``opt_state`` (`per_model` for several)."""
@@ -98,7 +95,9 @@ class ModelBinding:
 
     def params(self):
         """The trained parameters as pure arrays (a dict per model when there are several)."""
-        return self._per_model({k: s.params for k, s in self.slots.items()})
+        if self.single:
+            return self.slots["model"].params
+        return {k: s.params for k, s in self.slots.items()}
 
     def rest(self):
         """The models' untrained state (a list of arrays per model), a compiled-step input."""

@@ -70,8 +70,6 @@ def test_the_loss_sees_a_fresh_key_and_the_step_count():
 
 
 def test_gradient_clipping_and_several_models():
-    grads_seen = []
-
     def loss(params, batch, key, step):
         return 100.0 * jnp.sum(params["g"]) + jnp.sum(params["d"]), {}
 
@@ -84,7 +82,6 @@ def test_gradient_clipping_and_several_models():
     scale = 1.0 / np.hypot(100.0, 1.0)
     np.testing.assert_allclose(state.params["g"], [-100.0 * scale], rtol=1e-6)
     np.testing.assert_allclose(state.params["d"], [-0.5 * scale], rtol=1e-6)
-    del grads_seen
 
 
 def test_shard_map_over_8_devices_equals_one_device():
