@@ -59,9 +59,6 @@ class GANTrainer(Trainer):
         config: GANConfig | None = None,
         **kwargs,
     ):
-        config = GANConfig() if config is None else config
-        if not isinstance(config, GANConfig):
-            raise TypeError(f"`config` must be a GANConfig, got {type(config).__name__}")
         for name, value in (("model", model), ("optimizer", optimizer)):
             if not isinstance(value, Mapping) or set(value) != set(MODELS):
                 got = sorted(value) if isinstance(value, Mapping) else type(value).__name__
@@ -69,6 +66,9 @@ class GANTrainer(Trainer):
                     f"GANTrainer takes `{name}` as a dict {{'generator': ..., "
                     f"'discriminator': ...}}, got {got}"
                 )
+        config = GANConfig() if config is None else config
+        if not isinstance(config, GANConfig):
+            raise TypeError(f"`config` must be a GANConfig, got {type(config).__name__}")
         latent = getattr(model["generator"], "latent_dim", None)
         if latent is None:
             raise TypeError(

@@ -18,7 +18,9 @@ from flax import nnx
 
 from rlgen.algorithms import DPOConfig, GRPOConfig, PPOConfig, REINFORCEConfig
 from rlgen.generative import AutoregressiveConfig
+from rlgen.generative.gan import GANConfig
 from rlgen.models import MLPActorCritic, MLPPolicy, SamplingConfig, TransformerConfig, TransformerLM
+from rlgen.models.gan import MLPDiscriminator, MLPGenerator
 from rlgen.trainers import (
     AutoregressiveTrainer,
     DPOTrainer,
@@ -27,6 +29,7 @@ from rlgen.trainers import (
     REINFORCETrainer,
     Trainer,
 )
+from rlgen.trainers.gan import GANTrainer
 
 from .examples import make_ema, make_gan
 
@@ -149,6 +152,24 @@ def _gan_batches(n, rows=ROWS):
     ]
 
 
+def _make_gan_trainer(seed=0, mesh=None):
+    # WGAN-GP with R1, two critic steps and an EMA: every field of the state is exercised
+    # (the gradient penalty's interpolation and the noise draw from the state's key).
+    g = MLPGenerator(3, 4, hidden=(8,), rngs=nnx.Rngs(seed))
+    d = MLPDiscriminator(4, hidden=(8,), rngs=nnx.Rngs(seed + 1))
+    config = GANConfig(loss="wgan_gp", d_steps=2, r1_weight=0.5, ema_decay=0.9)
+    optimizers = {"generator": _momentum(g, 0.05), "discriminator": _momentum(d, 0.05)}
+    return GANTrainer({"generator": g, "discriminator": d}, optimizers, config, seed=seed,
+                      mesh=mesh)
+
+
+def _image_batches(n, rows=ROWS):
+    return [
+        {"images": np.tanh(_rng(700 + i).normal(size=(rows, 4))).astype(np.float32)}
+        for i in range(n)
+    ]
+
+
 def _regression_batches(n, rows=ROWS):
     out = []
     for i in range(n):
@@ -191,6 +212,9 @@ CASES = {
         lambda seed=0, mesh=None: make_gan(seed, mesh=mesh),
         _gan_batches,
         lambda: _gan_batches(1, rows=2 * ROWS)[0],
+    ),
+    "gan": Case(
+        _make_gan_trainer, _image_batches, lambda: _image_batches(1, rows=2 * ROWS)[0]
     ),
     "ema": Case(
         lambda seed=0, mesh=None: make_ema(seed, mesh=mesh),
