@@ -60,7 +60,8 @@ def gan(
     transformation and state; with ``config.max_grad_norm`` each model's gradient is
     clipped to it. A step whose loss or gradient is not finite is skipped (parameters and
     optimiser state unchanged) and counted in the ``skipped`` metric. With
-    ``config.ema_decay`` the state carries an EMA of the generator's parameters.
+    ``config.ema_decay`` the state carries an EMA of the generator's parameters, updated
+    after each generator step with decay `rlgen.generative.gan.ema_decay_at` (warmed up).
 
     Args:
       apply_fn: ``params -> {"discriminator": D, "generator": G}`` with ``G(z [B,
@@ -177,7 +178,8 @@ def gan(
         params, opt_state, g_metrics, g_skipped = train("generator", params, opt_state, g_loss_fn)
         ema = state.ema_params
         if config.ema_decay is not None:
-            ema = base.ema_update(ema, params["generator"], config.ema_decay)
+            ema = base.ema_update(ema, params["generator"], gan_lib.ema_decay_at(
+                config.ema_decay, state.step))
         metrics = {k: jnp.mean(v) for k, v in d_metrics.items()}
         metrics.update(g_metrics, skipped=jnp.sum(d_skipped) + g_skipped)
         metrics = {k: metrics[k] for k in gan_lib.METRICS}

@@ -68,8 +68,9 @@ class GANConfig:
       max_grad_norm: global-norm clipping of each model's gradient, separately (None:
         none).
       ema_decay: keep an exponential moving average of the generator's parameters with
-        this decay, in the state's ``ema_params`` (Yazici et al. 2019, arXiv 1806.04498);
-        the trainer samples from it. None: no average.
+        this decay, in the state's ``ema_params`` (Yazici et al. 2019, arXiv 1806.04498),
+        warmed up over the first updates (`ema_decay_at`); the trainer samples from it.
+        None: no average.
       data_range: ``(low, high)`` the real images must lie in: the generator's output
         range (``(-1, 1)`` for a tanh output such as `rlgen.models.gan.MLPGenerator`);
         the trainer checks each batch on the host before the step. None: no check.
@@ -341,6 +342,23 @@ def generator_objective(critic_fn: Callable, fake, config: GANConfig = GANConfig
     loss = generator_loss(discriminator_outputs(critic_fn, fake, "discriminator(fake)"),
                           config.loss)
     return loss, {"g_loss": jax.lax.stop_gradient(loss)}
+
+
+def ema_decay_at(decay, step):
+    """The generator average's decay after update ``step`` (0-based): warmed up as
+    ``min(decay, (1 + step) / (10 + step))``.
+
+    The average starts at the initial parameters; without a warm-up it would weigh them
+    for about ``1 / (1 - decay)`` updates (1,000 at 0.999), so early samples would come
+    from a nearly untrained generator. This is the warm-up of TensorFlow's
+    ``ExponentialMovingAverage(num_updates=...)``. ``step`` may be traced.
+
+    Example:
+      >>> [round(float(ema_decay_at(0.999, t)), 4) for t in (0, 90, 10_000)]
+      [0.1, 0.91, 0.999]
+    """
+    step = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(jnp.float32(decay), (1.0 + step) / (10.0 + step))
 
 
 def latent_noise(key, num_samples: int, latent_shape):
