@@ -101,12 +101,23 @@ CONFIGS = [
 assert {c.loss for c in CONFIGS} == set(GAN_LOSSES)
 
 
+_UPDATES = {}
+
+
+def jitted_update(config, tx=None):
+    """The compiled update of `gan` for `apply_fn` (one compile per config, shared)."""
+    if (config, tx) not in _UPDATES:
+        algo = gan(apply_fn, sgd() if tx is None else tx(), config, latent_shape=2)
+        _UPDATES[config, tx] = (algo.init, jax.jit(algo.update))
+    return _UPDATES[config, tx]
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c.loss}-{c.d_steps}")
 def test_one_update_matches_numpy(config):
     real = np.random.default_rng(1).normal(size=(16, DIM)).astype(np.float32)
-    algo = gan(apply_fn, sgd(), config, latent_shape=2)
-    state = algo.init(init_params())
-    new, metrics = jax.jit(algo.update)(state, {"images": real})
+    init, update = jitted_update(config)
+    state = init(init_params())
+    new, metrics = update(state, {"images": real})
     want = np_update(init_params(), real, config)
     np.testing.assert_allclose(new.params["discriminator"]["w"], want["w"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(new.params["discriminator"]["c"], want["c"], rtol=1e-5, atol=1e-6)
@@ -115,43 +126,35 @@ def test_one_update_matches_numpy(config):
     assert int(new.step) == 1
 
 
-def test_each_model_counts_its_own_updates():
-    for d_steps in (1, 3):
-        tx = {"discriminator": optax.adam(1e-2), "generator": optax.adam(1e-3)}
-        algo = gan(apply_fn, tx, GANConfig(d_steps=d_steps), latent_shape=2)
-        state = algo.init(init_params())
-        update = jax.jit(algo.update)
-        for _ in range(3):
-            state, _ = update(state, {"images": jnp.ones((8, DIM))})
-        counts = {k: int(optax.tree_utils.tree_get(v, "count")) for k, v in
-                  state.opt_state.items()}
-        assert counts == {"discriminator": 3 * d_steps, "generator": 3}
+def _adam():
+    return {"discriminator": optax.adam(1e-2), "generator": optax.adam(1e-3)}
 
 
-def test_state_protocol_and_the_generator_average():
+def test_each_model_counts_its_updates_and_the_generator_average_follows():
     decay = 0.3  # below the warm-up's (1 + t) / (10 + t) from t = 3 on
-    algo = gan(apply_fn, sgd(), GANConfig(ema_decay=decay), latent_shape=2)
-    state = algo.init(init_params())
+    init, update = jitted_update(GANConfig(d_steps=3, ema_decay=decay), _adam)
+    state = init(init_params())
     check_state(state)
     assert isinstance(state, GANState) and state._fields[:4] == (
         "params", "opt_state", "step", "key"
     )
     average = np.asarray(state.ema_params["b"], np.float64)
-    update = jax.jit(algo.update)
     for i in range(5):
-        state, _ = update(state, {"images": jnp.full((8, DIM), 0.5 * i)})
+        state, _ = update(state, {"images": jnp.full((16, DIM), 0.5 * i)})
         rate = min(decay, (1 + i) / (10 + i))  # warmed up
         average = rate * average + (1 - rate) * np.asarray(state.params["generator"]["b"])
         np.testing.assert_allclose(state.ema_params["b"], average, rtol=1e-5)
+    counts = {k: int(optax.tree_utils.tree_get(v, "count")) for k, v in state.opt_state.items()}
+    assert counts == {"discriminator": 15, "generator": 5}  # d_steps = 3 each step
     assert gan(apply_fn, sgd(), latent_shape=2).init(init_params()).ema_params is None
 
 
 def test_a_non_finite_batch_is_skipped_and_counted():
-    algo = gan(apply_fn, sgd(), GANConfig(d_steps=2), latent_shape=2)
-    state = algo.init(init_params())
-    real = np.ones((8, DIM), np.float32)
+    init, update = jitted_update(CONFIGS[2])  # hinge, two discriminator steps
+    state = init(init_params())
+    real = np.ones((16, DIM), np.float32)
     real[3, 1] = np.nan
-    new, metrics = jax.jit(algo.update)(state, {"images": real})
+    new, metrics = update(state, {"images": real})
     # Both discriminator steps saw the NaN and were skipped; the generator's loss does not
     # read the real data, so its step went ahead against the unchanged discriminator.
     assert float(metrics["skipped"]) == 2.0
@@ -178,31 +181,31 @@ def _mlp_params():
 
 
 def test_scan_and_vmap_over_seeds_compose():
+    # One compiled program runs 4 updates under lax.scan for 2 seeds under vmap; each run
+    # must be the jitted update applied 4 times in a Python loop with that seed.
     algo = gan(_mlp_apply, {"discriminator": optax.adam(1e-2), "generator": optax.adam(1e-2)},
                GANConfig(d_steps=2), latent_shape=2)
     batches = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, size=(4, 8, DIM)), jnp.float32)
     state = algo.init(_mlp_params())
+    keys = jax.random.split(jax.random.key(7), 2)
+
+    def run(key):
+        return jax.lax.scan(lambda s, x: algo.update(s, {"images": x}), state._replace(key=key),
+                            batches)
+
+    scanned, metrics = jax.jit(jax.vmap(run))(keys)
     update = jax.jit(algo.update)
-    looped, losses = state, []
-    for x in batches:
-        looped, m = update(looped, {"images": x})
-        losses.append(m["d_loss"])
-
-    def body(s, x):
-        return algo.update(s, {"images": x})
-
-    scanned, ms = jax.jit(lambda s: jax.lax.scan(body, s, batches))(state)
-    for a, b in zip(jax.tree.leaves(looped.params), jax.tree.leaves(scanned.params), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(ms["d_loss"], losses, rtol=1e-5, atol=1e-6)
-    # vmap over seeds: each run equals the same run alone
-    keys = jax.random.split(jax.random.key(7), 3)
-    states = jax.vmap(lambda k: state._replace(key=k))(keys)
-    many, _ = jax.jit(jax.vmap(algo.update, in_axes=(0, None)))(states, {"images": batches[0]})
-    alone, _ = update(state._replace(key=keys[1]), {"images": batches[0]})
-    for a, b in zip(jax.tree.leaves(many.params), jax.tree.leaves(alone.params), strict=True):
-        np.testing.assert_allclose(a[1], b, rtol=1e-5, atol=1e-6)
-    assert not np.allclose(many.params["generator"]["w"][0], many.params["generator"]["w"][1])
+    for i, key in enumerate(keys):
+        looped, losses = state._replace(key=key), []
+        for x in batches:
+            looped, m = update(looped, {"images": x})
+            losses.append(m["d_loss"])
+        for a, b in zip(jax.tree.leaves(scanned.params), jax.tree.leaves(looped.params),
+                        strict=True):
+            np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(metrics["d_loss"][i], losses, rtol=1e-5, atol=1e-6)
+    # the seeds' noise differs, and so do the runs
+    assert not np.allclose(scanned.params["generator"]["w"][0], scanned.params["generator"]["w"][1])
 
 
 def test_errors_name_the_argument():

@@ -56,15 +56,14 @@ def np_g_loss(f, loss):
 
 @given(
     st.sampled_from(GAN_LOSSES),
-    st.integers(1, 9),
-    st.integers(1, 9),
     st.sampled_from([0.1, 1.0, 10.0, 50.0]),
     st.integers(0, 2**31 - 1),
 )
-def test_losses_match_numpy(loss, n_real, n_fake, scale, seed):
+def test_losses_match_numpy(loss, scale, seed):
+    # Fixed shapes (one compile per loss); real and fake batches of different sizes.
     r = np.random.default_rng(seed)
-    real = (scale * r.normal(size=n_real)).astype(np.float32)
-    fake = (scale * r.normal(size=n_fake)).astype(np.float32)
+    real = (scale * r.normal(size=7)).astype(np.float32)
+    fake = (scale * r.normal(size=5)).astype(np.float32)
     tol = dict(rtol=1e-5, atol=1e-5 * (1 + scale**2))
     np.testing.assert_allclose(jit_d_loss(real, fake, loss=loss), np_d_loss(real, fake, loss),
                                **tol)
