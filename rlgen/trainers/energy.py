@@ -6,6 +6,7 @@ in `rlgen.generative.energy`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import jax
@@ -65,7 +66,9 @@ class EnergyTrainer(Trainer):
             sample_shape = (dim,)
         self.sample_shape = E._check_shape_tuple(sample_shape)
         super().__init__(model, optimizer, config, **kwargs)
-        self._draw = jax.jit(self._chains, static_argnames=("num_samples", "steps", "persistent"))
+        self._draw = jax.jit(
+            self._chains, static_argnames=("num_samples", "steps", "persistent", "reinit_prob")
+        )
 
     def make_algorithm(self, merge):
         return contrastive_divergence(
@@ -83,33 +86,39 @@ class EnergyTrainer(Trainer):
         return super().train_step(batch)
 
     # ----------------------------------------------------------------- sampling
-    def _chains(self, params, buffer, key, *, num_samples, steps, persistent):
+    def _chains(self, params, buffer, key, *, num_samples, steps, persistent, reinit_prob):
         energy_fn = self.merge(params)
         if persistent:
+            config = self.config
+            if reinit_prob is not None:
+                config = dataclasses.replace(config, reinit_prob=reinit_prob)
             return E.persistent_negatives(
-                energy_fn, buffer, key, num_samples, self.config, steps=steps
+                energy_fn, buffer, key, num_samples, config, steps=steps
             )[0]
         return E.sample_from_noise(
             energy_fn, key, num_samples, self.sample_shape, self.config, steps=steps
         )
 
-    def sample_negatives(self, num_samples: int, key=None, steps: int | None = None):
+    def sample_negatives(self, num_samples: int, key=None, steps: int | None = None, *,
+                         reinit_prob: float | None = None):
         """Negatives as a training step draws them, from the current model.
 
-        ``num_samples`` chains (at most ``buffer_size``) start from distinct buffer entries,
-        ``reinit_prob`` of them from uniform noise, and run ``steps`` (default
-        ``config.sgld_steps``) SGLD steps on the current energy
-        (`rlgen.generative.energy.persistent_negatives`). The buffer is read, not written:
-        sampling leaves the training state as it was. Compiled once per
-        ``(num_samples, steps)``.
+        ``num_samples`` chains (at most ``buffer_size``) start from distinct entries of the
+        replay buffer, ``reinit_prob`` (default ``config.reinit_prob``; 0: none) of them
+        from uniform noise instead, and run ``steps`` (default ``config.sgld_steps``) SGLD
+        steps on the current energy (`rlgen.generative.energy.persistent_negatives`). The
+        buffer is read, not written: sampling leaves the training state as it was.
+        Compiled once per ``(num_samples, steps, reinit_prob)``.
 
         Returns ``[num_samples, *sample_shape]`` float32; ``key`` defaults to
         `next_key()`.
         """
         key = self.next_key() if key is None else key
+        if reinit_prob is not None:
+            reinit_prob = float(reinit_prob)
         return self._draw(
             self.state.params, self.state.buffer, key,
-            num_samples=num_samples, steps=steps, persistent=True,
+            num_samples=num_samples, steps=steps, persistent=True, reinit_prob=reinit_prob,
         )
 
     def sample(self, num_samples: int, key=None, steps: int | None = None):
@@ -126,5 +135,5 @@ class EnergyTrainer(Trainer):
         key = self.next_key() if key is None else key
         return self._draw(
             self.state.params, self.state.buffer, key,
-            num_samples=num_samples, steps=steps, persistent=False,
+            num_samples=num_samples, steps=steps, persistent=False, reinit_prob=None,
         )
