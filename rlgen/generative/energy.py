@@ -37,6 +37,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rlgen import _checks
 
@@ -347,17 +348,17 @@ def buffer_sample(buffer, key, batch_size: int, *, reinit_prob, low=-1.0, high=1
         )
     _checks.check_range(reinit_prob, "reinit_prob", 0.0, 1.0)
     _check_bounds(low, high)
-    pick_key, coin_key, noise_key = jax.random.split(key, 3)
-    # the slots of the `batch_size` largest of `size` uniform draws: a uniformly random
-    # subset without replacement (one top-k; a permutation costs several sorts)
-    indices = jax.lax.top_k(jax.random.uniform(pick_key, (size,)), batch_size)[1]
-    indices = indices.astype(jnp.int32)
-    restart = jax.random.bernoulli(coin_key, reinit_prob, (batch_size,))
-    noise = jax.random.uniform(
-        noise_key, (batch_size, *buffer.shape[1:]), buffer.dtype, minval=low, maxval=high
+    # One uniform draw (one random-bits program, not three): the first `size` values rank
+    # the slots (the `batch_size` largest: a uniformly random subset without replacement,
+    # by one top-k), the next `batch_size` are the restart coins, the rest the restarts.
+    example = buffer.shape[1:]
+    u = jax.random.uniform(key, (size + batch_size * (1 + math.prod(example)),))
+    indices = jax.lax.top_k(u[:size], batch_size)[1].astype(jnp.int32)
+    restart = (u[size : size + batch_size] < reinit_prob).reshape(
+        (batch_size,) + (1,) * len(example)
     )
-    restart = restart.reshape((batch_size,) + (1,) * (buffer.ndim - 1))
-    return jnp.where(restart, noise, buffer[indices]), indices
+    noise = (low + (high - low) * u[size + batch_size :]).reshape((batch_size, *example))
+    return jnp.where(restart, noise.astype(buffer.dtype), buffer[indices]), indices
 
 
 def buffer_write(buffer, indices, samples):
@@ -492,8 +493,9 @@ def check_images(images, shape: tuple[int, ...], low: float, high: float, name="
             f"`{name}` must have shape [B, {', '.join(map(str, shape))}] (one example is "
             f"{tuple(shape)}), got {_checks._describe(x)}"
         )
-    if not isinstance(x, jax.core.Tracer) and x.size:
-        lo, hi = float(jnp.min(x)), float(jnp.max(x))
+    if not isinstance(images, jax.core.Tracer) and x.size:
+        values = np.asarray(images)  # on the host: no device program per batch shape
+        lo, hi = float(values.min()), float(values.max())
         if not (lo >= low and hi <= high):
             raise ValueError(
                 f"`{name}` must lie in [{low:g}, {high:g}] (the chains' bounds), got values "

@@ -18,7 +18,9 @@ from flax import nnx
 
 from rlgen.algorithms import DPOConfig, GRPOConfig, PPOConfig, REINFORCEConfig
 from rlgen.generative import AutoregressiveConfig
+from rlgen.generative.energy import EnergyConfig
 from rlgen.models import MLPActorCritic, MLPPolicy, SamplingConfig, TransformerConfig, TransformerLM
+from rlgen.models.energy import MLPEnergy
 from rlgen.trainers import (
     AutoregressiveTrainer,
     DPOTrainer,
@@ -27,6 +29,7 @@ from rlgen.trainers import (
     REINFORCETrainer,
     Trainer,
 )
+from rlgen.trainers.energy import EnergyTrainer
 
 from .examples import make_ema, make_gan
 
@@ -157,6 +160,21 @@ def _regression_batches(n, rows=ROWS):
     return out
 
 
+def _make_energy(seed=0, mesh=None):
+    model = MLPEnergy(2, (8,), rngs=nnx.Rngs(seed))
+    # the negatives come from the buffer and the state's key: both matter to the numbers
+    config = EnergyConfig(sgld_steps=3, step_size=0.1, noise_scale=0.05, buffer_size=64,
+                          reinit_prob=0.2, alpha=0.1)
+    return EnergyTrainer(model, _adam(model, 0.01), config, seed=seed, mesh=mesh)
+
+
+def _energy_batches(n, rows=ROWS):
+    return [
+        {"images": _rng(700 + i).uniform(-0.8, 0.8, (rows, 2)).astype(np.float32)}
+        for i in range(n)
+    ]
+
+
 CASES = {
     "reinforce": Case(
         _rl_trainer(REINFORCETrainer, REINFORCEConfig()),
@@ -192,6 +210,7 @@ CASES = {
         _gan_batches,
         lambda: _gan_batches(1, rows=2 * ROWS)[0],
     ),
+    "energy": Case(_make_energy, _energy_batches, lambda: _energy_batches(1, rows=2 * ROWS)[0]),
     "ema": Case(
         lambda seed=0, mesh=None: make_ema(seed, mesh=mesh),
         _regression_batches,
