@@ -91,7 +91,7 @@ def contrastive_divergence(
     config = E.EnergyConfig() if config is None else config
     if not isinstance(config, E.EnergyConfig):
         raise TypeError(f"`config` must be an EnergyConfig, got {type(config).__name__}")
-    sample_shape = E._check_shape_tuple(sample_shape)
+    sample_shape = _checks.check_shape_tuple(sample_shape, "sample_shape")
     _checks.check_int(seed, "seed")
     tx = base.with_grad_clipping(optimizer, config.max_grad_norm)
 

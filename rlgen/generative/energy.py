@@ -37,7 +37,6 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from rlgen import _checks
 
@@ -67,6 +66,15 @@ class EnergyConfig:
       init_high: upper bound of the data (must exceed ``init_low``).
       clip: clip the chains to ``[init_low, init_high]`` after every step.
       max_grad_norm: global-norm clipping of the parameter gradients (None: none).
+
+    Example:
+      >>> config = EnergyConfig(sgld_steps=60, step_size=10.0, noise_scale=0.005)  # Du & M.
+      >>> config.bounds
+      (-1.0, 1.0)
+      >>> EnergyConfig(reinit_prob=1.5)
+      Traceback (most recent call last):
+      ...
+      ValueError: `reinit_prob` must lie in [0, 1], got 1.5
     """
 
     sgld_steps: int = 20
@@ -107,16 +115,21 @@ class EnergyConfig:
 # ----------------------------------------------------------------------------------------
 
 
-def _energies(energy_fn, x, name="energy_fn"):
-    """``energy_fn(x)`` checked to be ``[B]`` floating, in float32 or wider."""
-    e = energy_fn(x)
-    e = _checks.as_array(e, f"{name}(x)")
-    if e.shape != x.shape[:1]:
+def _check_energies(e, x, name="energy_fn"):
+    """Raises unless ``e = energy_fn(x)`` (an array or a shape struct) is ``[B]`` floating."""
+    if tuple(e.shape) != tuple(x.shape[:1]):
         raise ValueError(
             f"`{name}` must return one energy per example, shape {x.shape[:1]} for x of "
             f"shape {tuple(x.shape)}; got shape {tuple(e.shape)}"
         )
-    _checks.check_float(e, f"{name}(x)")
+    if not jnp.issubdtype(e.dtype, jnp.floating):
+        raise TypeError(f"`{name}` must return floating energies, got dtype {e.dtype}")
+
+
+def _energies(energy_fn, x, name="energy_fn"):
+    """``energy_fn(x)`` checked to be ``[B]`` floating, in float32 or wider."""
+    e = _checks.as_array(energy_fn(x), f"{name}(x)")
+    _check_energies(e, x, name)
     return e.astype(jnp.promote_types(e.dtype, jnp.float32))
 
 
@@ -191,7 +204,7 @@ def langevin_sample(
     _checks.check_range(noise_scale, "noise_scale", 0.0)
     clip = _check_clip(clip)
     _checks.check_bool(return_trajectory, "return_trajectory")
-    _energies(energy_fn, x0)  # the shape check, at trace time
+    _check_energies(jax.eval_shape(energy_fn, x0), x0)  # before any work, computing nothing
 
     grad_fn = jax.grad(lambda x: jnp.sum(_energies(energy_fn, x)))
 
@@ -301,15 +314,9 @@ def buffer_init(key, size: int, shape, *, low=-1.0, high=1.0, dtype=jnp.float32)
       ((5, 2), True)
     """
     size = _checks.check_positive_int(size, "size")
-    shape = _check_shape_tuple(shape)
+    shape = _checks.check_shape_tuple(shape, "shape")
     _check_bounds(low, high)
     return jax.random.uniform(key, (size, *shape), dtype, minval=low, maxval=high)
-
-
-def _check_shape_tuple(shape) -> tuple[int, ...]:
-    if isinstance(shape, int) or not isinstance(shape, (tuple, list)):
-        raise TypeError(f"`shape` must be a tuple of ints (one example's shape), got {shape!r}")
-    return tuple(_checks.check_positive_int(s, f"shape[{i}]") for i, s in enumerate(shape))
 
 
 def buffer_sample(buffer, key, batch_size: int, *, reinit_prob, low=-1.0, high=1.0):
@@ -491,14 +498,7 @@ def check_images(images, shape: tuple[int, ...], low: float, high: float, name="
     if tuple(x.shape[1:]) != tuple(shape):
         raise ValueError(
             f"`{name}` must have shape [B, {', '.join(map(str, shape))}] (one example is "
-            f"{tuple(shape)}), got {_checks._describe(x)}"
+            f"{tuple(shape)}), got shape {tuple(x.shape)} dtype {x.dtype}"
         )
-    if not isinstance(images, jax.core.Tracer) and x.size:
-        values = np.asarray(images)  # on the host: no device program per batch shape
-        lo, hi = float(values.min()), float(values.max())
-        if not (lo >= low and hi <= high):
-            raise ValueError(
-                f"`{name}` must lie in [{low:g}, {high:g}] (the chains' bounds), got values "
-                f"in [{lo:g}, {hi:g}]"
-            )
+    _checks.check_values_in(images, low, high, name, "the chains' bounds")
     return x

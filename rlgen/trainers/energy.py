@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 import jax
 
+from rlgen import _checks
 from rlgen.algorithms.energy import contrastive_divergence
 from rlgen.generative import energy as E
 from rlgen.generative.energy import EnergyConfig
@@ -64,7 +65,7 @@ class EnergyTrainer(Trainer):
                     "no int `dim` attribute to take it from"
                 )
             sample_shape = (dim,)
-        self.sample_shape = E._check_shape_tuple(sample_shape)
+        self.sample_shape = _checks.check_shape_tuple(sample_shape, "sample_shape")
         super().__init__(model, optimizer, config, **kwargs)
         self._draw = jax.jit(
             self._chains, static_argnames=("num_samples", "steps", "persistent", "reinit_prob")
