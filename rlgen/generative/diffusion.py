@@ -905,7 +905,9 @@ def sample_ddpm(
         `classifier_free_guidance` of one).
       schedule: a `NoiseSchedule`.
       shape: ``(B, ...)`` the samples' shape (static).
-      key: PRNG key (the initial noise and every step's draw).
+      key: PRNG key: ``noise_key, step_key = split(key)``; the initial noise is drawn
+        from ``noise_key`` and step ``k``'s from ``split(step_key, K)[k]`` (so a user's own
+        scan of the steps reproduces the sampler).
       labels: ``[B]`` int class labels passed to ``denoise_fn`` (None: unconditional).
       num_steps: steps of the chain (None: all ``T``).
       prediction: one of `PREDICTIONS`.
