@@ -77,6 +77,11 @@ class NoiseSchedule(NamedTuple):
         samplers and conversions read everything from it (``1 - abar_t`` as
         ``-expm1(log abar_t)``, ``abar_t / abar_s`` as ``exp(log abar_t - log abar_s)``),
         which keeps the small quantities near ``t = 0`` accurate in float32.
+
+    Example:
+      >>> s = noise_schedule("linear", 100)
+      >>> s.num_timesteps, float(s.alphas_cumprod_prev[0]), s.betas.dtype
+      (100, 1.0, dtype('float32'))
     """
 
     betas: jax.Array
@@ -402,6 +407,15 @@ class DiffusionConfig:
         estimates there and the trainer refuses training images outside it (None: data
         of any range, no clipping).
       max_grad_norm: global-norm gradient clipping (None: none).
+
+    Example:
+      >>> config = DiffusionConfig(prediction="v", num_timesteps=100)
+      >>> config.schedule, config.schedule_arrays().num_timesteps
+      ('cosine', 100)
+      >>> DiffusionConfig(prediction="score")
+      Traceback (most recent call last):
+      ...
+      ValueError: unknown `prediction` 'score'; expected one of 'epsilon', 'x0', 'v'
     """
 
     num_timesteps: int = 1000
@@ -445,7 +459,7 @@ def check_labels(labels, num_classes: int | None, batch_size: int, name: str = "
       >>> check_labels(jnp.array([0, 10]), 10, 2)
       Traceback (most recent call last):
       ...
-      ValueError: `labels` must lie in [0, 10) (num_classes = 10), got values in [0, 10]
+      ValueError: `labels` must hold class ids in [0, 10), got values in [0, 10]
     """
     if labels is None:
         return None
@@ -456,13 +470,8 @@ def check_labels(labels, num_classes: int | None, batch_size: int, name: str = "
         )
     labels = _checks.int_array(labels, name, rank=1, what="([B], one class per example)")
     _checks.check_shape(labels, (batch_size,), name, "the batch, one class per example")
-    if num_classes is not None and not isinstance(labels, jax.core.Tracer) and labels.size:
-        low, high = int(jnp.min(labels)), int(jnp.max(labels))
-        if low < 0 or high >= num_classes:
-            raise ValueError(
-                f"`{name}` must lie in [0, {num_classes}) (num_classes = {num_classes}), got "
-                f"values in [{low}, {high}]"
-            )
+    if num_classes is not None:
+        _checks.check_ids(labels, num_classes, name)
     return labels
 
 

@@ -229,7 +229,7 @@ def test_loss_errors_name_the_argument():
         diffusion_loss(model, {"images": jnp.zeros(4)}, key, cfg)
     with pytest.raises(TypeError, match="`images` must have a floating dtype"):
         diffusion_loss(model, {"images": jnp.zeros((4, 3), jnp.int32)}, key, cfg)
-    with pytest.raises(ValueError, match=r"`labels` must lie in \[0, 3\)"):
+    with pytest.raises(ValueError, match=r"`labels` must hold class ids in \[0, 3\)"):
         diffusion_loss(model, {"images": images, "labels": jnp.array([0, 1, 2, 3])}, key, cfg,
                        num_classes=3)
     with pytest.raises(ValueError, match="`labels` must have shape"):

@@ -84,7 +84,7 @@ def test_bad_input_is_refused_before_any_work():
         ({"images": good["images"][None]}, ValueError, r"shape \[B, \*\(4,\)\]"),
         ({"images": good["images"] * 16}, ValueError, r"`images` must lie in \[-1, 1\]"),
         ({"images": good["images"].astype(np.int32)}, TypeError, "floating dtype"),
-        ({**good, "labels": good["labels"] + CLASSES}, ValueError, r"`labels` must lie in"),
+        ({**good, "labels": good["labels"] + CLASSES}, ValueError, r"`labels` must hold class ids"),
         ({**good, "labels": good["labels"][:4]}, ValueError, "`labels` must have shape"),
         ({"pixels": good["images"]}, ValueError, "needs 'images'"),
     ]
@@ -97,7 +97,7 @@ def test_bad_input_is_refused_before_any_work():
         unconditional.train_step(good)
     with pytest.raises(ValueError, match="unconditional model"):
         unconditional.sample(8, jax.random.key(0), good["labels"])
-    with pytest.raises(ValueError, match=r"`labels` must lie in \[0, 3\)"):
+    with pytest.raises(ValueError, match=r"`labels` must hold class ids in \[0, 3\)"):
         trainer.sample(2, jax.random.key(0), np.array([0, 3]))
     with pytest.raises(ValueError, match="unknown `sampler` 'euler'"):
         trainer.sample(2, jax.random.key(0), sampler="euler")
