@@ -48,7 +48,7 @@ def _digits_splits():
 def load_digits(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     """The 8x8 digits of one split: ``(images [N, 8, 8] float32 on 0..16, labels [N] int32)``.
 
-    ``"train"`` has 1,437 images and ``"test"`` 360 (36 per class), a stratified split
+    ``"train"`` has 1,437 images and ``"test"`` 360 (35 to 37 per class), a stratified split
     fixed for good (scikit-learn's ``train_test_split`` with seed 0). The arrays are
     read-only; copy them to modify.
 

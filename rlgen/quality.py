@@ -56,7 +56,7 @@ def frechet_distance(a, b) -> float:
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"`a` and `b` need the same features, got {a.shape} and {b.shape}")
     mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    cov_a, cov_b = (np.atleast_2d(np.cov(x, rowvar=False)) for x in (a, b))
     w, v = np.linalg.eigh(cov_a)
     root_a = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
     spectrum = np.linalg.eigvalsh(root_a @ cov_b @ root_a)
