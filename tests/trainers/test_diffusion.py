@@ -37,28 +37,33 @@ def host(params):
     return jax.tree.map(lambda x: np.asarray(x, np.float64), params)
 
 
-def test_ema_is_the_moving_average_of_the_parameter_history():
-    trainer = make()
-    decay = trainer.config.ema_decay
-    average = host(trainer.state.params)  # the average starts at the initial parameters
-    for step in range(3):
-        trainer.train_step(batch(step))
-        average = jax.tree.map(
-            lambda a, p: decay * a + (1 - decay) * p, average, host(trainer.state.params)
-        )
-        got = host(trainer.state.ema_params)
-        jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7),
-                     got, average)
-    ema_model = nnx.to_pure_dict(nnx.state(trainer.ema_model, nnx.Param))
-    jax.tree.map(np.testing.assert_array_equal, host(ema_model), host(trainer.state.ema_params))
-    trained = nnx.to_pure_dict(nnx.state(trainer.model, nnx.Param))  # the model: the iterate
-    jax.tree.map(np.testing.assert_array_equal, host(trained), host(trainer.state.params))
-
-
-def test_sample_compiles_once_per_static_settings():
+@pytest.fixture(scope="module")
+def trained():
+    """A trainer after 10 steps, with its parameters before and after each step."""
     trainer = make(lr=0.05)
+    history = [host(trainer.state.params)]
     for step in range(10):
         trainer.train_step(batch(step))
+        history.append(host(trainer.state.params))
+    return trainer, history
+
+
+def test_ema_is_the_moving_average_of_the_parameter_history(trained):
+    trainer, history = trained
+    decay = trainer.config.ema_decay
+    average = history[0]  # the average starts at the initial parameters
+    for params in history[1:]:
+        average = jax.tree.map(lambda a, p: decay * a + (1 - decay) * p, average, params)
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7),
+                 host(trainer.state.ema_params), average)
+    ema_model = nnx.to_pure_dict(nnx.state(trainer.ema_model, nnx.Param))
+    jax.tree.map(np.testing.assert_array_equal, host(ema_model), host(trainer.state.ema_params))
+    trained_model = nnx.to_pure_dict(nnx.state(trainer.model, nnx.Param))  # the iterate
+    jax.tree.map(np.testing.assert_array_equal, host(trained_model), history[-1])
+
+
+def test_sample_compiles_once_per_static_settings(trained):
+    trainer, _ = trained
     labels = np.array([0, 1, 2, 0, 1, 2])
     key = jax.random.key(0)
     a = trainer.sample(6, key, labels, num_steps=5, eta=0.0, guidance_scale=2.0)
