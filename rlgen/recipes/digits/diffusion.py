@@ -19,10 +19,13 @@ The file reads top to bottom:
    `rlgen.recipes.digits.finish`.
 
 The defaults: the cosine schedule with 1000 steps, v-prediction (Salimans and Ho 2022)
-with min-SNR-5 weighting, 10% label dropout, EMA 0.999, 3000 steps of 128 images. Tried
-on this machine (1000 samples, DDIM 50 steps, eta 0): epsilon-prediction reached
-Fréchet distance 3.1 and 99% class share at guidance 2 (85% without guidance);
-v-prediction 2.9 and 99.9% at guidance 1.5 (95% without), against 1.7 for real digits.
+with min-SNR-5 weighting, 10% label dropout, EMA 0.999, 3000 steps of 128 images. With
+them the run measured a Fréchet distance of 95.7 before and 3.1 after training (real
+digits: 1.7) and 99.7% of the samples drawn as the requested class (9.5% untrained), in
+150 s on a 2-core machine shared with other jobs (88 s of CPU time). Tried while choosing
+(1000 samples, DDIM 50 steps, eta 0): epsilon-prediction reached 3.1 and 99% at guidance
+2 (85% without guidance); v-prediction 2.9 and 99.9% at guidance 1.5 (95% without); DDIM
+with eta 1 was a little worse on the Fréchet distance at every guidance scale.
 """
 
 from __future__ import annotations
