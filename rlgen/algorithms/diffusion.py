@@ -21,6 +21,8 @@ from rlgen import _checks
 from rlgen.algorithms import base
 from rlgen.algorithms.supervised import SupervisedState, supervised
 
+__all__ = ["DiffusionState", "diffusion"]
+
 
 class DiffusionState(NamedTuple):
     """The state of `diffusion`: `supervised`'s fields and the moving average."""

@@ -44,6 +44,36 @@ import numpy as np
 
 from rlgen import _checks
 
+__all__ = [
+    "LOSS_WEIGHTINGS",
+    "METRICS",
+    "PREDICTIONS",
+    "SAMPLERS",
+    "SCHEDULES",
+    "DiffusionConfig",
+    "NoiseSchedule",
+    "Trajectory",
+    "check_labels",
+    "classifier_free_guidance",
+    "ddim_step_distribution",
+    "ddpm_step_distribution",
+    "diffusion_loss",
+    "draw_step",
+    "guided_output",
+    "loss_weight",
+    "noise_schedule",
+    "prediction_target",
+    "q_sample",
+    "sample_ddim",
+    "sample_ddpm",
+    "sampling_timesteps",
+    "snr",
+    "step_log_prob",
+    "to_epsilon",
+    "to_v",
+    "to_x0",
+]
+
 #: Noise schedules of `noise_schedule`.
 SCHEDULES = ("linear", "cosine")
 #: What a denoising model predicts: the noise, the clean data, or the velocity.
@@ -982,35 +1012,4 @@ def sample_ddim(
         step_distribution, denoise_fn, schedule, shape, key, num_steps, labels, noise,
         return_trajectory, prediction, clip_x0,
     )
-
-
-__all__ = [
-    "LOSS_WEIGHTINGS",
-    "METRICS",
-    "PREDICTIONS",
-    "SAMPLERS",
-    "SCHEDULES",
-    "DiffusionConfig",
-    "NoiseSchedule",
-    "Trajectory",
-    "check_labels",
-    "classifier_free_guidance",
-    "ddim_step_distribution",
-    "ddpm_step_distribution",
-    "diffusion_loss",
-    "draw_step",
-    "guided_output",
-    "loss_weight",
-    "noise_schedule",
-    "prediction_target",
-    "q_sample",
-    "sample_ddim",
-    "sample_ddpm",
-    "sampling_timesteps",
-    "snr",
-    "step_log_prob",
-    "to_epsilon",
-    "to_v",
-    "to_x0",
-]
 
