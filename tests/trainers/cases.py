@@ -18,8 +18,10 @@ from flax import nnx
 
 from rlgen.algorithms import DPOConfig, GRPOConfig, PPOConfig, REINFORCEConfig
 from rlgen.generative import AutoregressiveConfig
+from rlgen.generative.diffusion import DiffusionConfig
 from rlgen.generative.energy import EnergyConfig
 from rlgen.models import MLPActorCritic, MLPPolicy, SamplingConfig, TransformerConfig, TransformerLM
+from rlgen.models.denoiser import MLPDenoiser
 from rlgen.models.energy import MLPEnergy
 from rlgen.trainers import (
     AutoregressiveTrainer,
@@ -29,6 +31,7 @@ from rlgen.trainers import (
     REINFORCETrainer,
     Trainer,
 )
+from rlgen.trainers.diffusion import DiffusionTrainer
 from rlgen.trainers.energy import EnergyTrainer
 
 from .examples import make_ema, make_gan
@@ -175,6 +178,23 @@ def _energy_batches(n, rows=ROWS):
     ]
 
 
+def _make_diffusion(seed=0, mesh=None):
+    model = MLPDenoiser(4, num_classes=3, hidden=8, depth=1, rngs=nnx.Rngs(seed))
+    # label dropout and the noise draw from the state's key; the EMA is a state field
+    config = DiffusionConfig(num_timesteps=50, label_dropout=0.3, ema_decay=0.9)
+    return DiffusionTrainer(model, _adam(model, 0.01), config, seed=seed, mesh=mesh)
+
+
+def _image_batches(n, rows=ROWS):
+    return [
+        {
+            "images": _rng(700 + i).uniform(-1, 1, (rows, 4)).astype(np.float32),
+            "labels": _rng(700 + i).integers(0, 3, rows).astype(np.int32),
+        }
+        for i in range(n)
+    ]
+
+
 CASES = {
     "reinforce": Case(
         _rl_trainer(REINFORCETrainer, REINFORCEConfig()),
@@ -211,6 +231,9 @@ CASES = {
         lambda: _gan_batches(1, rows=2 * ROWS)[0],
     ),
     "energy": Case(_make_energy, _energy_batches, lambda: _energy_batches(1, rows=2 * ROWS)[0]),
+    "diffusion": Case(
+        _make_diffusion, _image_batches, lambda: _image_batches(1, rows=2 * ROWS)[0]
+    ),
     "ema": Case(
         lambda seed=0, mesh=None: make_ema(seed, mesh=mesh),
         _regression_batches,
