@@ -18,8 +18,12 @@ from flax import nnx
 
 from rlgen.algorithms import DPOConfig, GRPOConfig, PPOConfig, REINFORCEConfig
 from rlgen.generative import AutoregressiveConfig
+from rlgen.generative.diffusion import DiffusionConfig
+from rlgen.generative.energy import EnergyConfig
 from rlgen.generative.gan import GANConfig
 from rlgen.models import MLPActorCritic, MLPPolicy, SamplingConfig, TransformerConfig, TransformerLM
+from rlgen.models.denoiser import MLPDenoiser
+from rlgen.models.energy import MLPEnergy
 from rlgen.models.gan import MLPDiscriminator, MLPGenerator
 from rlgen.trainers import (
     AutoregressiveTrainer,
@@ -29,6 +33,8 @@ from rlgen.trainers import (
     REINFORCETrainer,
     Trainer,
 )
+from rlgen.trainers.diffusion import DiffusionTrainer
+from rlgen.trainers.energy import EnergyTrainer
 from rlgen.trainers.gan import GANTrainer
 
 from .examples import make_ema, make_gan
@@ -163,9 +169,9 @@ def _make_gan_trainer(seed=0, mesh=None):
                       mesh=mesh)
 
 
-def _image_batches(n, rows=ROWS):
+def _gan_image_batches(n, rows=ROWS):
     return [
-        {"images": np.tanh(_rng(700 + i).normal(size=(rows, 4))).astype(np.float32)}
+        {"images": np.tanh(_rng(800 + i).normal(size=(rows, 4))).astype(np.float32)}
         for i in range(n)
     ]
 
@@ -176,6 +182,38 @@ def _regression_batches(n, rows=ROWS):
         x = _rng(600 + i).normal(size=(rows, 3)).astype(np.float32)
         out.append({"x": x, "y": (x @ np.array([[1.0], [-2.0], [0.5]]) + 0.3).astype(np.float32)})
     return out
+
+
+def _make_energy(seed=0, mesh=None):
+    model = MLPEnergy(2, (8,), rngs=nnx.Rngs(seed))
+    # the negatives come from the buffer and the state's key: both matter to the numbers
+    config = EnergyConfig(sgld_steps=3, step_size=0.1, noise_scale=0.05, buffer_size=64,
+                          reinit_prob=0.2, alpha=0.1)
+    return EnergyTrainer(model, _adam(model, 0.01), config, seed=seed, mesh=mesh)
+
+
+def _energy_batches(n, rows=ROWS):
+    return [
+        {"images": _rng(700 + i).uniform(-0.8, 0.8, (rows, 2)).astype(np.float32)}
+        for i in range(n)
+    ]
+
+
+def _make_diffusion(seed=0, mesh=None):
+    model = MLPDenoiser(4, num_classes=3, hidden=8, depth=1, rngs=nnx.Rngs(seed))
+    # label dropout and the noise draw from the state's key; the EMA is a state field
+    config = DiffusionConfig(num_timesteps=50, label_dropout=0.3, ema_decay=0.9)
+    return DiffusionTrainer(model, _adam(model, 0.01), config, seed=seed, mesh=mesh)
+
+
+def _image_batches(n, rows=ROWS):
+    return [
+        {
+            "images": _rng(700 + i).uniform(-1, 1, (rows, 4)).astype(np.float32),
+            "labels": _rng(700 + i).integers(0, 3, rows).astype(np.int32),
+        }
+        for i in range(n)
+    ]
 
 
 CASES = {
@@ -213,8 +251,12 @@ CASES = {
         _gan_batches,
         lambda: _gan_batches(1, rows=2 * ROWS)[0],
     ),
+    "energy": Case(_make_energy, _energy_batches, lambda: _energy_batches(1, rows=2 * ROWS)[0]),
+    "diffusion": Case(
+        _make_diffusion, _image_batches, lambda: _image_batches(1, rows=2 * ROWS)[0]
+    ),
     "gan": Case(
-        _make_gan_trainer, _image_batches, lambda: _image_batches(1, rows=2 * ROWS)[0]
+        _make_gan_trainer, _gan_image_batches, lambda: _gan_image_batches(1, rows=2 * ROWS)[0]
     ),
     "ema": Case(
         lambda seed=0, mesh=None: make_ema(seed, mesh=mesh),
