@@ -21,6 +21,8 @@ from rlgen.algorithms import base
 from rlgen.generative import gan as gan_lib
 from rlgen.generative.gan import GANConfig
 
+__all__ = ["MODELS", "GANState", "gan"]
+
 #: The two models of a GAN, the keys of the state's ``params`` and ``opt_state``.
 MODELS = ("discriminator", "generator")
 _REQUIRED, _OPTIONAL = ("images",), ()

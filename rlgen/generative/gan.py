@@ -34,6 +34,23 @@ import numpy as np
 
 from rlgen import _checks
 
+__all__ = [
+    "GAN_LOSSES",
+    "METRICS",
+    "GANConfig",
+    "check_images",
+    "discriminator_loss",
+    "discriminator_objective",
+    "discriminator_outputs",
+    "ema_decay_at",
+    "generator_loss",
+    "generator_objective",
+    "gradient_penalty",
+    "latent_noise",
+    "r1_penalty",
+    "sample",
+]
+
 #: The adversarial objectives (module docstring table).
 GAN_LOSSES = ("non_saturating", "lsgan", "hinge", "wgan_gp")
 
