@@ -38,6 +38,7 @@ __all__ = [
     "GAN_LOSSES",
     "METRICS",
     "GANConfig",
+    "as_latent_shape",
     "check_images",
     "discriminator_loss",
     "discriminator_objective",
