@@ -55,7 +55,7 @@ def recipe_options(recipe: Recipe) -> ConfigOptions:
 
     Imports the recipe's module.
     """
-    run = (RunOptions(out_dir=f"runs/{recipe.slug}"),) if recipe.run_folder else ()
+    run = (recipe.run_options(),) if recipe.run_folder else ()
     return ConfigOptions(*run, recipe.config_type()())
 
 
@@ -136,8 +136,8 @@ def run_recipe(
 ) -> dict[str, Any]:
     """Runs a recipe as the ``rlgen`` command does; returns its summary.
 
-    A recipe with a run folder runs in one made from ``options`` (default: its
-    ``runs/<name>``): the summary is also written to ``summary.json`` and holds the
+    A recipe with a run folder runs in one made from ``options`` (default:
+    ``recipe.run_options()``, the folder ``runs/<name>``): the summary is also written to ``summary.json`` and holds the
     settings, the devices and ``interrupted`` (the phase Ctrl-C stopped, or False). A
     recipe without one returns its results.
 
@@ -149,7 +149,7 @@ def run_recipe(
     module = recipe.load()
     if not recipe.run_folder:
         return module.run(config)
-    options = options or RunOptions(out_dir=f"runs/{recipe.slug}")
+    options = options or recipe.run_options()
     settings = recipe_options(recipe).values(options, config)
     folder = RunFolder(options, config=settings, echo=echo)
     try:

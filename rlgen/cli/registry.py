@@ -31,6 +31,8 @@ class Recipe:
         over the results (``{accuracy_after:.1%}``) and ``config``
         (``{config.eval_episodes}``); runs with a run folder add where their outputs are.
       run_folder: whether ``run`` takes a run folder (``run(config, folder)``).
+      checkpoint_every: the default of ``--checkpoint-every`` (steps between a phase's
+        checkpoints): long runs of small models save less often.
     """
 
     name: str
@@ -40,6 +42,7 @@ class Recipe:
     config: str
     report: str
     run_folder: bool = True
+    checkpoint_every: int = 50
 
     @property
     def slug(self) -> str:
@@ -50,6 +53,13 @@ class Recipe:
     def group(self) -> str | None:
         """The group of a two-word name (``"digits"``), else None."""
         return self.name.split(" ", 1)[0] if " " in self.name else None
+
+    def run_options(self, **options):
+        """The recipe's default `rlgen.cli.RunOptions` (``options`` override them)."""
+        from rlgen.cli.run_folder import RunOptions
+
+        defaults = {"out_dir": f"runs/{self.slug}", "checkpoint_every": self.checkpoint_every}
+        return RunOptions(**{**defaults, **options})
 
     def load(self):
         """The recipe's module."""
@@ -90,6 +100,7 @@ def _digits(family: str, help: str, config: str, report: str = _DIGITS_REPORT) -
         module=f"rlgen.recipes.digits.{family}",
         config=config,
         report=report,
+        checkpoint_every=500,
     )
 
 
