@@ -18,6 +18,7 @@ from flax import nnx
 
 from rlgen.algorithms import DPOConfig, GRPOConfig, PPOConfig, REINFORCEConfig
 from rlgen.generative import AutoregressiveConfig
+from rlgen.generative.vae import VAEConfig
 from rlgen.models import MLPActorCritic, MLPPolicy, SamplingConfig, TransformerConfig, TransformerLM
 from rlgen.trainers import (
     AutoregressiveTrainer,
@@ -27,6 +28,7 @@ from rlgen.trainers import (
     REINFORCETrainer,
     Trainer,
 )
+from rlgen.trainers.vae import VAETrainer
 
 from .examples import make_ema, make_gan
 
@@ -157,6 +159,24 @@ def _regression_batches(n, rows=ROWS):
     return out
 
 
+def _make_vae(seed=0, mesh=None):
+    from rlgen.models.vae import MLPVAE
+
+    # the cyclical schedule and free bits use the state's step; the draws use its key
+    config = VAEConfig(
+        beta=0.5, kl_schedule="cyclical", kl_cycle_steps=3, free_bits=0.05,
+        learn_decoder_std=True, decoder_std=0.5,
+    )
+    model = MLPVAE(6, 2, hidden=(8,), learn_std=True, rngs=nnx.Rngs(seed))
+    return VAETrainer(model, _momentum(model, 0.05), config, seed=seed, mesh=mesh)
+
+
+def _image_batches(n, rows=ROWS):
+    return [
+        {"images": _rng(700 + i).normal(size=(rows, 6)).astype(np.float32)} for i in range(n)
+    ]
+
+
 CASES = {
     "reinforce": Case(
         _rl_trainer(REINFORCETrainer, REINFORCEConfig()),
@@ -192,6 +212,7 @@ CASES = {
         _gan_batches,
         lambda: _gan_batches(1, rows=2 * ROWS)[0],
     ),
+    "vae": Case(_make_vae, _image_batches, lambda: _image_batches(1, rows=2 * ROWS)[0]),
     "ema": Case(
         lambda seed=0, mesh=None: make_ema(seed, mesh=mesh),
         _regression_batches,
