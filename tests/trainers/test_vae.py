@@ -44,7 +44,7 @@ def test_learns_a_toy_set_and_the_learned_std_finds_the_noise():
     test = toy(1, rows=256)
     before = heldout_elbo(trainer, test)
     first = trainer.train_step({"images": toy(100)})
-    assert set(first) == {"loss", *METRICS}
+    assert set(first) == {"loss", *METRICS, "skipped"} and float(first["skipped"]) == 0.0
     for step in range(1, 300):
         last = trainer.train_step({"images": toy(100 + step)})
     after = heldout_elbo(trainer, test)
@@ -97,6 +97,20 @@ def test_reconstruct_and_sample_are_pure_and_compiled_once_per_shape():
     # a model changed by hand is read at the next call (no stale copy)
     trainer.model.decoder.layers[-1].bias[...] += 100.0
     assert float(trainer.sample(5, jax.random.key(1)).min()) > 0.99
+
+
+def test_a_non_finite_batch_is_skipped_not_written():
+    trainer = make()
+    trainer.train_step({"images": toy(0, rows=8)})
+    params = jax.tree.map(np.asarray, nnx.state(trainer.model, nnx.Param))
+    bad = toy(1, rows=8).at[3, 5].set(jnp.nan)
+    metrics = trainer.train_step({"images": bad})
+    assert float(metrics["skipped"]) == 1.0 and np.isnan(float(metrics["loss"]))
+    kept = jax.tree.map(np.asarray, nnx.state(trainer.model, nnx.Param))
+    jax.tree.map(np.testing.assert_array_equal, kept, params)
+    metrics = trainer.train_step({"images": toy(2, rows=8)})  # training goes on
+    assert float(metrics["skipped"]) == 0.0 and np.isfinite(float(metrics["loss"]))
+    assert trainer.step == 3
 
 
 def test_errors_before_any_work():
