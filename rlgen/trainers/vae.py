@@ -25,9 +25,10 @@ class VAETrainer(Trainer):
     KL schedule and free bits of `VAEConfig`). Metrics: ``loss`` and
     `rlgen.generative.vae.METRICS` (``reconstruction_loss``, ``kl``, ``kl_weight``,
     ``elbo``, ``active_units``, ``decoder_std``) and ``skipped`` (1.0 when a non-finite
-    loss or gradient left the parameters unchanged, `rlgen.algorithms.supervised`). With ``learn_decoder_std`` the model
-    must own the scalar ``decoder_log_scale`` (``MLPVAE(..., learn_std=True)``), and a
-    model that owns one needs ``learn_decoder_std=True``.
+    loss or gradient left the parameters unchanged, `rlgen.algorithms.supervised`).
+    With ``learn_decoder_std`` the model must own the scalar ``decoder_log_scale``
+    (``MLPVAE(..., learn_std=True)``), and a model that owns one needs
+    ``learn_decoder_std=True``.
 
     Example:
       >>> import jax.numpy as jnp, optax
