@@ -67,6 +67,13 @@ class VAETrainer(Trainer):
             static_argnums=2,
         )
 
+        self._elbo = jax.jit(
+            lambda state, images, key, n: vae.elbo(
+                nnx.merge(graphdef, state), images, key, n, config
+            ),
+            static_argnums=3,
+        )
+
     def compute_loss(self, model, batch, key, step):
         return vae.vae_loss(model, batch, key, step, self.config)
 
@@ -89,3 +96,11 @@ class VAETrainer(Trainer):
         current parameters and changes nothing (`rlgen.generative.vae.sample_prior`)."""
         _checks.check_positive_int(num_samples, "num_samples")
         return self._sample(nnx.state(self.model), key, num_samples)
+
+    def elbo(self, images, key, num_samples: int = 1):
+        """The ELBO of each of ``images`` ``[B, ...]`` (nats per example, ``[B]``), with
+        ``num_samples`` posterior draws per image: `rlgen.generative.vae.elbo` under the
+        model's current parameters, for held-out evaluation. Compiled once per shape and
+        ``num_samples``; changes nothing."""
+        _checks.check_positive_int(num_samples, "num_samples")
+        return self._elbo(nnx.state(self.model), images, key, num_samples)

@@ -35,7 +35,7 @@ def make(config=None, seed=0, lr=3e-3, hidden=(32,)):
 
 
 def heldout_elbo(trainer, x):
-    return float(jnp.mean(V.elbo(trainer.model, x, jax.random.key(9), 8, trainer.config)))
+    return float(jnp.mean(trainer.elbo(x, jax.random.key(9), 8)))
 
 
 def test_learns_a_toy_set_and_the_learned_std_finds_the_noise():
@@ -59,6 +59,9 @@ def test_learns_a_toy_set_and_the_learned_std_finds_the_noise():
     error = jnp.sqrt(jnp.mean((trainer.reconstruct(test) - test) ** 2))
     assert float(error) < 2.5 * NOISE
     assert trainer._compiled_update._cache_size() == 1
+    assert trainer._elbo._cache_size() == 1  # one program for both evaluations
+    direct = V.elbo(trainer.model, test, jax.random.key(9), 8, config)
+    np.testing.assert_allclose(trainer.elbo(test, jax.random.key(9), 8), direct, rtol=1e-5)
 
 
 def test_the_schedule_follows_the_trainer_step_without_recompiling():

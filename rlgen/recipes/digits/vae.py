@@ -35,7 +35,6 @@ import optax
 from flax import nnx
 
 from rlgen import _checks
-from rlgen.generative import vae
 from rlgen.generative.vae import VAEConfig
 from rlgen.models.vae import MLPVAE
 from rlgen.recipes import digits, nested
@@ -125,18 +124,8 @@ def build_model(config: VAEDigitsConfig) -> MLPVAE:
 
 def heldout_elbo(trainer: VAETrainer, x, num_samples: int, seed: int) -> float:
     """The mean ELBO (nats per image) of ``x`` ``[N, 64]`` (model scale) under the trainer's
-    model (`rlgen.generative.vae.elbo` with ``num_samples`` draws per image)."""
-    fn = jax.jit(
-        lambda state, images, key: vae.elbo(
-            nnx.merge(nnx.graphdef(trainer.model), state),
-            images,
-            key,
-            num_samples,
-            trainer.config,
-        )
-    )
-    values = fn(nnx.state(trainer.model), jnp.asarray(x), jax.random.key(seed))
-    return float(jnp.mean(values))
+    model (`VAETrainer.elbo` with ``num_samples`` draws per image)."""
+    return float(jnp.mean(trainer.elbo(jnp.asarray(x), jax.random.key(seed), num_samples)))
 
 
 # ----------------------------------------------------------------------------------------
