@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -382,16 +383,8 @@ def kl_weight(step, config: VAEConfig = VAEConfig()):
 # ---------------------------------------------------------------------------- the model
 
 
-def encode(model, images):
-    """``model.encode(images)`` -> ``(mean [B, Z], log_var [B, Z])``, checked.
-
-    Example:
-      >>> from flax import nnx
-      >>> from rlgen.models.vae import MLPVAE
-      >>> mean, log_var = encode(MLPVAE(4, 2, hidden=(8,), rngs=nnx.Rngs(0)), jnp.ones((3, 4)))
-      >>> mean.shape, log_var.shape
-      ((3, 2), (3, 2))
-    """
+def _encode(model, images):
+    """``model.encode(images)`` -> ``(mean [B, Z], log_var [B, Z])``, checked."""
     out = model.encode(images)
     if not (isinstance(out, tuple) and len(out) == 2):
         raise TypeError(
@@ -410,7 +403,7 @@ def encode(model, images):
     return mean, log_var
 
 
-def decode(model, z, shape):
+def _decode(model, z, shape):
     """``model.decode(z)``, checked to have ``shape`` (the images'), as float32."""
     out = _checks.float_array(model.decode(z), "model.decode(z)", upcast=True)
     _checks.check_shape(out, shape, "model.decode(z)", like="images")
@@ -440,19 +433,36 @@ def decoder_std(model, config: VAEConfig):
     return std * jnp.exp(scale)
 
 
-def log_likelihood(model, images, decoded, config: VAEConfig):
+def log_likelihood(model, images, decoded, config: VAEConfig = VAEConfig()):
     """``log p(images | z)`` per example ``[B]`` from the decoder's output ``decoded``: the
     Gaussian mean (`gaussian_log_likelihood` with `decoder_std`) or the Bernoulli logits
-    (`bernoulli_log_likelihood`)."""
+    (`bernoulli_log_likelihood`), as ``config.decoder`` says.
+
+    Example:
+      >>> x = jnp.array([[1.0, 0.0]])
+      >>> log_likelihood(None, x, jnp.zeros((1, 2)), VAEConfig(decoder="bernoulli"))
+      Array([-1.386294], dtype=float32)
+    """
     if config.decoder == "bernoulli":
         return bernoulli_log_likelihood(images, decoded)
     return gaussian_log_likelihood(images, decoded, decoder_std(model, config))
 
 
-def _check_images(images, config: VAEConfig, name: str = "images"):
+def _check_images(images, name: str, *, unit_interval: bool = False):
+    """``images`` as a floating ``[B, ...]`` array (at least float32), and with
+    ``unit_interval`` the count of values outside [0, 1] (`check_unit_interval`; None
+    without)."""
     images = _checks.float_array(images, name, min_rank=2, what="([B, ...], a batch of images)")
-    n_bad = check_unit_interval(images, name) if config.decoder == "bernoulli" else None
+    n_bad = check_unit_interval(images, name) if unit_interval else None
     return images.astype(jnp.promote_types(images.dtype, jnp.float32)), n_bad
+
+
+def _batch_images(batch, config: VAEConfig):
+    if not isinstance(batch, Mapping) or set(batch) != {"images"}:
+        got = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
+        raise ValueError(f"the VAE batch must be {{'images': [B, ...] float}}, got keys {got}")
+    bernoulli = config.decoder == "bernoulli"
+    return _check_images(batch["images"], "batch['images']", unit_interval=bernoulli)
 
 
 def check_batch(batch, config: VAEConfig = VAEConfig()):
@@ -467,10 +477,7 @@ def check_batch(batch, config: VAEConfig = VAEConfig()):
       ...
       TypeError: `batch['images']` must have a floating dtype (e.g. float32), got shape (2, 4) ...
     """
-    if not isinstance(batch, dict) or set(batch) != {"images"}:
-        got = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
-        raise ValueError(f"the VAE batch must be {{'images': [B, ...] float}}, got keys {got}")
-    _check_images(batch["images"], config, "batch['images']")
+    _batch_images(batch, config)
 
 
 # ---------------------------------------------------------------------------- the loss
@@ -518,11 +525,10 @@ def vae_loss(model, batch, key, step, config: VAEConfig = VAEConfig()):
     """
     if not isinstance(config, VAEConfig):
         raise TypeError(f"`config` must be a VAEConfig, got {type(config).__name__}")
-    check_batch(batch, config)
-    images, n_bad = _check_images(batch["images"], config, "batch['images']")
-    mean, log_var = encode(model, images)
+    images, n_bad = _batch_images(batch, config)
+    mean, log_var = _encode(model, images)
     z = reparameterize(mean, log_var, key)
-    decoded = decode(model, z, images.shape)
+    decoded = _decode(model, z, images.shape)
     log_px = log_likelihood(model, images, decoded, config)
     kl_dims = gaussian_kl(mean, log_var, per_dimension=True)
     kl = jnp.sum(kl_dims, axis=1)
@@ -573,22 +579,27 @@ def elbo(model, images, key, num_samples: int = 1, config: VAEConfig = VAEConfig
     if not isinstance(config, VAEConfig):
         raise TypeError(f"`config` must be a VAEConfig, got {type(config).__name__}")
     num_samples = _checks.check_positive_int(num_samples, "num_samples")
-    images, n_bad = _check_images(images, config)
-    mean, log_var = encode(model, images)
+    images, n_bad = _check_images(images, "images", unit_interval=config.decoder == "bernoulli")
+    mean, log_var = _encode(model, images)
     kl = gaussian_kl(mean, log_var)
 
     def one(k):
         z = reparameterize(mean, log_var, k)
-        return log_likelihood(model, images, decode(model, z, images.shape), config)
+        return log_likelihood(model, images, _decode(model, z, images.shape), config)
 
     log_px = jnp.mean(jax.vmap(one)(jax.random.split(key, num_samples)), axis=0)
     out = log_px - kl
     return out if n_bad is None else jnp.where(n_bad > 0, jnp.nan, out)
 
 
-def decoder_mean(decoded, config: VAEConfig):
+def decoder_mean(decoded, config: VAEConfig = VAEConfig()):
     """The decoder's mean from its output: the Gaussian mean itself, or the Bernoulli
-    probabilities ``sigmoid(logits)``."""
+    probabilities ``sigmoid(logits)``.
+
+    Example:
+      >>> decoder_mean(jnp.zeros((1, 2)), VAEConfig(decoder="bernoulli"))
+      Array([[0.5, 0.5]], dtype=float32)
+    """
     return jax.nn.sigmoid(decoded) if config.decoder == "bernoulli" else decoded
 
 
@@ -607,10 +618,10 @@ def reconstruct(model, images, key=None, config: VAEConfig = VAEConfig()):
       >>> bool(jnp.all(reconstruct(model, x) == reconstruct(model, x)))
       True
     """
-    images, _ = _check_images(images, dataclasses.replace(config, decoder="gaussian"))
-    mean, log_var = encode(model, images)
+    images, _ = _check_images(images, "images")
+    mean, log_var = _encode(model, images)
     z = mean if key is None else reparameterize(mean, log_var, key)
-    return decoder_mean(decode(model, z, images.shape), config)
+    return decoder_mean(_decode(model, z, images.shape), config)
 
 
 def sample_prior(model, num_samples: int, key, config: VAEConfig = VAEConfig()):
