@@ -143,17 +143,9 @@ def build_model(config: VAEDigitsConfig) -> MLPVAE:
 # ----------------------------------------------------------------------------------------
 
 
-def heldout_elbo(trainer: VAETrainer, x, num_samples: int, seed: int) -> float:
+def _heldout_elbo(trainer: VAETrainer, x, num_samples: int, seed: int) -> float:
     """The mean ELBO (nats per image) of ``x`` ``[N, 64]`` (model scale) under the trainer's
-    model (`VAETrainer.elbo` with ``num_samples`` draws per image).
-
-    Example:
-      >>> model = build_model(VAEDigitsConfig(width=8, depth=1))
-      >>> trainer = VAETrainer(model, nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param),
-      ...                      VAEDigitsConfig().vae)
-      >>> heldout_elbo(trainer, np.zeros((4, 64), np.float32), 2, seed=0) < 0
-      True
-    """
+    model (`VAETrainer.elbo` with ``num_samples`` draws per image)."""
     return float(jnp.mean(trainer.elbo(jnp.asarray(x), jax.random.key(seed), num_samples)))
 
 
@@ -188,7 +180,7 @@ def run(config: VAEDigitsConfig, folder) -> dict[str, Any]:
 
     # The untrained model: its samples and held-out ELBO are the "before" figures.
     before = unit_scale(trainer.sample(config.num_samples, sample_key), config.vae)
-    elbo_before = heldout_elbo(trainer, test_x, config.elbo_samples, config.seed)
+    elbo_before = _heldout_elbo(trainer, test_x, config.elbo_samples, config.seed)
 
     t0 = time.perf_counter()
     folder.phase(
@@ -201,7 +193,7 @@ def run(config: VAEDigitsConfig, folder) -> dict[str, Any]:
     train_seconds = round(time.perf_counter() - t0, 1)
 
     samples = unit_scale(trainer.sample(config.num_samples, sample_key), config.vae)
-    elbo_after = heldout_elbo(trainer, test_x, config.elbo_samples, config.seed)
+    elbo_after = _heldout_elbo(trainer, test_x, config.elbo_samples, config.seed)
     folder.echo(f"held-out ELBO {elbo_before:.1f} -> {elbo_after:.1f} nats per image")
     return digits.finish(
         folder,
