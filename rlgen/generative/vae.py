@@ -567,7 +567,8 @@ def elbo(model, images, key, num_samples: int = 1, config: VAEConfig = VAEConfig
       config: the `VAEConfig` (its ``decoder`` and ``decoder_std``).
 
     Returns:
-      float32 ``[B]``.
+      float32 ``[B]``. With the Bernoulli decoder, images outside ``[0, 1]`` are a
+      ValueError when concrete and give NaN under ``jit`` (`check_unit_interval`).
 
     Example:
       >>> from flax import nnx
