@@ -11,18 +11,18 @@ from rlgen.models.vae import MLPVAE
 
 
 def test_shapes_layers_and_the_optional_std_parameter():
-    vae = MLPVAE(64, 8, hidden=(32, 16), rngs=nnx.Rngs(0))
-    assert [l.kernel.shape for l in vae.encoder.layers] == [(64, 32), (32, 16), (16, 16)]
-    assert [l.kernel.shape for l in vae.decoder.layers] == [(8, 16), (16, 32), (32, 64)]
+    vae = MLPVAE(12, 3, hidden=(8, 6), rngs=nnx.Rngs(0))
+    assert [l.kernel.shape for l in vae.encoder.layers] == [(12, 8), (8, 6), (6, 6)]
+    assert [l.kernel.shape for l in vae.decoder.layers] == [(3, 6), (6, 8), (8, 12)]
     assert not hasattr(vae, "decoder_log_scale")
-    x = jnp.asarray(np.random.default_rng(0).normal(size=(5, 64)), jnp.float32)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(5, 12)), jnp.float32)
     mean, log_var = vae.encode(x)
-    assert mean.shape == log_var.shape == (5, 8)
+    assert mean.shape == log_var.shape == (5, 3)
     decoded, m, lv = vae(x)
     np.testing.assert_allclose(decoded, vae.decode(mean), rtol=1e-6)  # no key: the mean
     sampled, _, _ = vae(x, jax.random.key(0))
-    assert sampled.shape == (5, 64) and not np.allclose(sampled, decoded)
-    learned = MLPVAE(64, 8, hidden=(32,), learn_std=True, rngs=nnx.Rngs(0))
+    assert sampled.shape == (5, 12) and not np.allclose(sampled, decoded)
+    learned = MLPVAE(12, 3, hidden=(8,), learn_std=True, rngs=nnx.Rngs(0))
     assert learned.decoder_log_scale[...].shape == () and float(learned.decoder_log_scale[...]) == 0
     assert len(jax.tree.leaves(nnx.state(learned, nnx.Param))) == 9  # 4 layers x 2 + the scale
 

@@ -45,15 +45,15 @@ def test_learns_a_toy_set_and_the_learned_std_finds_the_noise():
     before = heldout_elbo(trainer, test)
     first = trainer.train_step({"images": toy(100)})
     assert set(first) == {"loss", *METRICS, "skipped"} and float(first["skipped"]) == 0.0
-    for step in range(1, 300):
+    for step in range(1, 250):
         last = trainer.train_step({"images": toy(100 + step)})
     after = heldout_elbo(trainer, test)
-    # the held-out ELBO rises by at least 20 nats per example (measured: -18.9 -> +9.1; the
+    # the held-out ELBO rises by at least 20 nats per example (measured: -18.9 -> +8.5; the
     # noise alone bounds it by 16 * log(1 / (0.1 sqrt(2 pi e))) = 14.1)
     assert after - before > 20.0, (before, after)
     # the std starts at 1 and is learned down towards the data's noise level
     assert float(first["decoder_std"]) == pytest.approx(1.0, abs=0.01)
-    assert 0.5 * NOISE < float(last["decoder_std"]) < 2 * NOISE, last["decoder_std"]  # 0.114
+    assert 0.5 * NOISE < float(last["decoder_std"]) < 2 * NOISE, last["decoder_std"]  # 0.124
     assert float(last["kl_weight"]) == 1.0 and float(last["active_units"]) >= 1
     # deterministic reconstructions are close to the clean curve (the noise is 0.1)
     error = jnp.sqrt(jnp.mean((trainer.reconstruct(test) - test) ** 2))
@@ -61,7 +61,8 @@ def test_learns_a_toy_set_and_the_learned_std_finds_the_noise():
     assert trainer._compiled_update._cache_size() == 1
     assert trainer._elbo._cache_size() == 1  # one program for both evaluations
     direct = V.elbo(trainer.model, test, jax.random.key(9), 8, config)
-    np.testing.assert_allclose(trainer.elbo(test, jax.random.key(9), 8), direct, rtol=1e-5)
+    compiled = trainer.elbo(test, jax.random.key(9), 8)
+    np.testing.assert_allclose(compiled, direct, rtol=1e-5, atol=1e-4)
 
 
 def test_the_schedule_follows_the_trainer_step_and_a_non_finite_batch_is_skipped():
