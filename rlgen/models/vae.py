@@ -51,10 +51,10 @@ class MLPVAE(nnx.Module):
       rngs: `nnx.Rngs` for the initialisation.
 
     Example:
-      >>> vae = MLPVAE(64, 8, hidden=(32,), rngs=nnx.Rngs(0))
-      >>> mean, log_var = vae.encode(jnp.zeros((5, 64)))
+      >>> vae = MLPVAE(4, 2, hidden=(8,), rngs=nnx.Rngs(0))
+      >>> mean, log_var = vae.encode(jnp.ones((3, 4)))
       >>> mean.shape, vae.decode(mean).shape
-      ((5, 8), (5, 64))
+      ((3, 2), (3, 4))
     """
 
     def __init__(
