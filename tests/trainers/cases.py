@@ -21,6 +21,7 @@ from rlgen.generative import AutoregressiveConfig
 from rlgen.generative.diffusion import DiffusionConfig
 from rlgen.generative.energy import EnergyConfig
 from rlgen.generative.gan import GANConfig
+from rlgen.generative.vae import VAEConfig
 from rlgen.models import MLPActorCritic, MLPPolicy, SamplingConfig, TransformerConfig, TransformerLM
 from rlgen.models.denoiser import MLPDenoiser
 from rlgen.models.energy import MLPEnergy
@@ -36,6 +37,7 @@ from rlgen.trainers import (
 from rlgen.trainers.diffusion import DiffusionTrainer
 from rlgen.trainers.energy import EnergyTrainer
 from rlgen.trainers.gan import GANTrainer
+from rlgen.trainers.vae import VAETrainer
 
 from .examples import make_ema, make_gan
 
@@ -206,6 +208,18 @@ def _make_diffusion(seed=0, mesh=None):
     return DiffusionTrainer(model, _adam(model, 0.01), config, seed=seed, mesh=mesh)
 
 
+def _make_vae(seed=0, mesh=None):
+    from rlgen.models.vae import MLPVAE
+
+    # the cyclical schedule and free bits use the state's step; the draws use its key
+    config = VAEConfig(
+        beta=0.5, kl_schedule="cyclical", kl_cycle_steps=3, free_bits=0.05,
+        learn_decoder_std=True, decoder_std=0.5,
+    )
+    model = MLPVAE(6, 2, hidden=(8,), learn_std=True, rngs=nnx.Rngs(seed))
+    return VAETrainer(model, _momentum(model, 0.05), config, seed=seed, mesh=mesh)
+
+
 def _image_batches(n, rows=ROWS):
     return [
         {
@@ -213,6 +227,12 @@ def _image_batches(n, rows=ROWS):
             "labels": _rng(700 + i).integers(0, 3, rows).astype(np.int32),
         }
         for i in range(n)
+    ]
+
+
+def _vae_batches(n, rows=ROWS):
+    return [
+        {"images": _rng(700 + i).normal(size=(rows, 6)).astype(np.float32)} for i in range(n)
     ]
 
 
@@ -258,6 +278,7 @@ CASES = {
     "gan": Case(
         _make_gan_trainer, _gan_image_batches, lambda: _gan_image_batches(1, rows=2 * ROWS)[0]
     ),
+    "vae": Case(_make_vae, _vae_batches, lambda: _vae_batches(1, rows=2 * ROWS)[0]),
     "ema": Case(
         lambda seed=0, mesh=None: make_ema(seed, mesh=mesh),
         _regression_batches,
