@@ -185,6 +185,22 @@ def concrete_value(x: Any) -> float | None:
     return float(arr)
 
 
+def check_ids(x: Any, high: int, name: str, what: str = "class") -> None:
+    """Raises ValueError if concrete integer ids lie outside ``[0, high)``.
+
+    Traced ids (inside ``jit``) cannot be read on the host and are not checked here; a
+    trainer checks its batches on the host before the compiled step.
+    """
+    if isinstance(x, jax.core.Tracer):
+        return
+    ids = np.asarray(x)
+    if ids.size and (ids.min() < 0 or ids.max() >= high):
+        raise ValueError(
+            f"`{name}` must hold {what} ids in [0, {high}), got values in "
+            f"[{ids.min()}, {ids.max()}]"
+        )
+
+
 def check_scalar(x: Any, name: str) -> None:
     """Raises unless `x` is a scalar (Python number or 0-d array)."""
     if isinstance(x, (int, float, np.number)):

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from rlgen.cli.options import ConfigOptions
-from rlgen.cli.registry import RECIPES, Recipe
+from rlgen.cli.registry import GROUPS, RECIPES, Recipe
 from rlgen.cli.run_folder import (
     Interrupted,
     MissingExtraError,
@@ -55,7 +55,7 @@ def recipe_options(recipe: Recipe) -> ConfigOptions:
 
     Imports the recipe's module.
     """
-    run = (RunOptions(out_dir=f"runs/{recipe.name}"),) if recipe.run_folder else ()
+    run = (RunOptions(out_dir=f"runs/{recipe.slug}"),) if recipe.run_folder else ()
     return ConfigOptions(*run, recipe.config_type()())
 
 
@@ -77,9 +77,22 @@ def build_parser(recipes: Iterable[str] | None = None) -> argparse.ArgumentParse
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="_recipe", metavar="RECIPE", parser_class=_Parser)
     sub.required = True
+    groups: dict[str, Any] = {}
     for recipe in RECIPES.values():
-        command = sub.add_parser(
-            recipe.name, allow_abbrev=False, help=recipe.help, description=recipe.description
+        where, word = sub, recipe.name
+        if recipe.group is not None:
+            if recipe.group not in groups:
+                help, description = GROUPS[recipe.group]
+                group = sub.add_parser(
+                    recipe.group, allow_abbrev=False, help=help, description=description
+                )
+                groups[recipe.group] = group.add_subparsers(
+                    dest="_variant", metavar="FAMILY", parser_class=_Parser
+                )
+                groups[recipe.group].required = True
+            where, word = groups[recipe.group], recipe.name.split(" ", 1)[1]
+        command = where.add_parser(
+            word, allow_abbrev=False, help=recipe.help, description=recipe.description
         )
         if recipes is None or recipe.name in recipes:
             options = recipe_options(recipe)
@@ -102,14 +115,16 @@ def parse(argv: Sequence[str]) -> Command:
 
     Only the named recipe's module is imported (``rlgen --help`` imports none).
     """
-    named = next((a for a in argv if not a.startswith("-")), None)
+    words = [a for a in argv if not a.startswith("-")][:2]
+    named = " ".join(words) if words and words[0] in GROUPS else (words or [None])[0]
     parser = build_parser([named] if named in RECIPES else [])
     args = parser.parse_args(argv)
+    name = f"{args._recipe} {args._variant}" if args._recipe in GROUPS else args._recipe
     try:
         *run, config = args._options.build(args)
     except (ValueError, TypeError) as err:  # the configs' own checks
         args._parser.error(str(err))
-    return Command(RECIPES[args._recipe], config, run[0] if run else None)
+    return Command(RECIPES[name], config, run[0] if run else None)
 
 
 def run_recipe(
@@ -134,7 +149,7 @@ def run_recipe(
     module = recipe.load()
     if not recipe.run_folder:
         return module.run(config)
-    options = options or RunOptions(out_dir=f"runs/{recipe.name}")
+    options = options or RunOptions(out_dir=f"runs/{recipe.slug}")
     settings = recipe_options(recipe).values(options, config)
     folder = RunFolder(options, config=settings, echo=echo)
     try:

@@ -1,6 +1,8 @@
 """The recipes of the ``rlgen`` command: one `Recipe` entry each, in `RECIPES`.
 
-Adding a recipe to the command is adding its entry here. The recipe's module defines its
+Adding a recipe to the command is adding its entry here. A recipe named with two words,
+``"digits vae"``, is a sub-command of a group (``rlgen digits vae``); the group's lines of
+help are in `GROUPS`. The recipe's module defines its
 config dataclass (every field with a default; `rlgen.cli.options` makes the options from
 it) and ``run``: ``run(config, folder)`` with a run folder (`rlgen.cli.RunFolder`, whose
 `rlgen.cli.RunOptions` are then options too), else ``run(config)``; either returns the
@@ -39,6 +41,16 @@ class Recipe:
     report: str
     run_folder: bool = True
 
+    @property
+    def slug(self) -> str:
+        """The name as one word (``"digits-vae"``): the default output folder's name."""
+        return self.name.replace(" ", "-")
+
+    @property
+    def group(self) -> str | None:
+        """The group of a two-word name (``"digits"``), else None."""
+        return self.name.split(" ", 1)[0] if " " in self.name else None
+
     def load(self):
         """The recipe's module."""
         return importlib.import_module(self.module)
@@ -51,6 +63,34 @@ class Recipe:
         """The line reporting a finished run (``config`` is the config, not the summary's
         copy of the settings)."""
         return self.report.format_map({**results, "config": config})
+
+
+#: The recipe groups: ``{group: (help, description)}``.
+GROUPS: dict[str, tuple[str, str]] = {
+    "digits": (
+        "train a generative family (vae, gan, diffusion, flow, energy) on the 8x8 digits",
+        "Train one generative model family on scikit-learn's 8x8 digits and measure its "
+        "samples with the built-in digit classifier: Fréchet distance to held-out digits "
+        "before and after training, and for class-conditional models the share of samples "
+        "drawn as the requested class.",
+    ),
+}
+
+_DIGITS_REPORT = (
+    "Fréchet distance {frechet_before:.1f} -> {frechet_after:.1f} (real digits: "
+    "{frechet_floor:.1f}) in {seconds:.0f} s"
+)
+
+
+def _digits(family: str, help: str, config: str, report: str = _DIGITS_REPORT) -> Recipe:
+    return Recipe(
+        name=f"digits {family}",
+        help=help,
+        description=f"{help[0].upper()}{help[1:]}; report the quality of its samples.",
+        module=f"rlgen.recipes.digits.{family}",
+        config=config,
+        report=report,
+    )
 
 
 RECIPES: dict[str, Recipe] = {
@@ -83,5 +123,20 @@ RECIPES: dict[str, Recipe] = {
             ),
             run_folder=False,
         ),
+        _digits("vae", "train a VAE on the digits", "VAEDigitsConfig"),
+        _digits("gan", "train a GAN on the digits", "GANDigitsConfig"),
+        _digits(
+            "diffusion",
+            "train a class-conditional diffusion model on the digits",
+            "DiffusionDigitsConfig",
+            _DIGITS_REPORT + "; drawn as the requested class {class_share_after:.0%}",
+        ),
+        _digits(
+            "flow",
+            "train a class-conditional flow-matching model on the digits",
+            "FlowDigitsConfig",
+            _DIGITS_REPORT + "; drawn as the requested class {class_share_after:.0%}",
+        ),
+        _digits("energy", "train an energy-based model on the digits", "EnergyDigitsConfig"),
     )
 }
