@@ -18,7 +18,9 @@ from flax import nnx
 
 from rlgen.algorithms import DPOConfig, GRPOConfig, PPOConfig, REINFORCEConfig
 from rlgen.generative import AutoregressiveConfig
+from rlgen.generative.flow import FlowConfig
 from rlgen.models import MLPActorCritic, MLPPolicy, SamplingConfig, TransformerConfig, TransformerLM
+from rlgen.models.denoiser import MLPDenoiser
 from rlgen.trainers import (
     AutoregressiveTrainer,
     DPOTrainer,
@@ -27,6 +29,7 @@ from rlgen.trainers import (
     REINFORCETrainer,
     Trainer,
 )
+from rlgen.trainers.flow import FlowTrainer
 
 from .examples import make_ema, make_gan
 
@@ -157,6 +160,36 @@ def _regression_batches(n, rows=ROWS):
     return out
 
 
+def _make_flow(reflow):
+    """OT-CFM with labels and an EMA; or reflow against a frozen teacher (the state's
+    ref_params), here an independently initialised model of the same shape."""
+
+    def make(seed=0, mesh=None):
+        net = lambda s: MLPDenoiser(  # noqa: E731
+            3, num_classes=2, hidden=8, depth=1, time_dim=4, rngs=nnx.Rngs(s)
+        )
+        model = net(seed)
+        if reflow:
+            config = FlowConfig(num_classes=2, reflow=True, teacher_steps=2, label_dropout=0.5)
+            kwargs = {"teacher": net(seed + 10)}
+        else:
+            config = FlowConfig(coupling="ot", num_classes=2, ema_decay=0.9, label_dropout=0.5)
+            kwargs = {}
+        return FlowTrainer(model, _momentum(model, 0.1), config, seed=seed, mesh=mesh, **kwargs)
+
+    return make
+
+
+def _flow_batches(n, rows=ROWS):
+    return [
+        {
+            "images": _rng(700 + i).normal(size=(rows, 3)).astype(np.float32),
+            "labels": _rng(700 + i).integers(0, 2, rows).astype(np.int32),
+        }
+        for i in range(n)
+    ]
+
+
 CASES = {
     "reinforce": Case(
         _rl_trainer(REINFORCETrainer, REINFORCEConfig()),
@@ -191,6 +224,10 @@ CASES = {
         lambda seed=0, mesh=None: make_gan(seed, mesh=mesh),
         _gan_batches,
         lambda: _gan_batches(1, rows=2 * ROWS)[0],
+    ),
+    "flow": Case(_make_flow(False), _flow_batches, lambda: _flow_batches(1, rows=2 * ROWS)[0]),
+    "flow-reflow": Case(
+        _make_flow(True), _flow_batches, lambda: _flow_batches(1, rows=2 * ROWS)[0]
     ),
     "ema": Case(
         lambda seed=0, mesh=None: make_ema(seed, mesh=mesh),
