@@ -132,7 +132,6 @@ def test_resume_in_a_fresh_process_is_exact(tmp_path):
     assert any("ref_params" in k for k in straight["grpo-sampling"]["state"])
     assert any("ema_params" in k for k in straight["ema"]["state"])
     assert any("discriminator" in k for k in straight["adversarial"]["state"])
-    assert any("ref_params" in k for k in straight["flow-reflow"]["state"])  # the teacher
     assert any("ema_params" in k for k in straight["flow"]["state"])
 
 
