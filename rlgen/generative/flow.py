@@ -202,7 +202,10 @@ def ot_coupling(x0, x1, labels=None):
     Works under `jit`; under `vmap` the callback receives the whole batch of problems
     (``vmap_method="broadcast_all"``) and solves them one by one. A batch with a
     non-finite cost comes back unpaired (the identity), as the loss is then non-finite
-    and the update is skipped. No gradient flows through the permutation.
+    and the update is skipped. No gradient flows through the permutation. Under a
+    sharded `jit` (a data-parallel mesh) the plan is still the whole batch's: XLA gathers
+    the batch to one device for the host solver (it warns of an "involuntary full
+    rematerialization"), and the numbers equal the single-device ones.
 
     Args:
       x0: ``[B, ...]`` noise.
