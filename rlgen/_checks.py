@@ -201,6 +201,41 @@ def check_ids(x: Any, high: int, name: str, what: str = "class") -> None:
         )
 
 
+def check_values_in(x: Any, low: float, high: float, name: str, what: str = "") -> None:
+    """Raises ValueError if a concrete array has values outside ``[low, high]`` (or NaN).
+
+    Like `check_ids`, traced values are not checked; a trainer checks its batches on the
+    host before the compiled step. ``what`` says what the bounds are.
+
+    Example:
+      >>> check_values_in(np.array([0.0, 16.0]), -1.0, 1.0, "images", "the data's scale")
+      Traceback (most recent call last):
+      ...
+      ValueError: `images` must lie in [-1, 1] (the data's scale), got values in [0, 16]
+    """
+    if isinstance(x, jax.core.Tracer):
+        return
+    values = np.asarray(x)
+    if values.size and not (values.min() >= low and values.max() <= high):
+        hint = f" ({what})" if what else ""
+        raise ValueError(
+            f"`{name}` must lie in [{low:g}, {high:g}]{hint}, got values in "
+            f"[{values.min():g}, {values.max():g}]"
+        )
+
+
+def check_shape_tuple(shape: Any, name: str) -> tuple[int, ...]:
+    """Raises unless ``shape`` is a tuple (or list) of static sizes >= 1; returns the tuple.
+
+    Example:
+      >>> check_shape_tuple([8, 8], "sample_shape")
+      (8, 8)
+    """
+    if isinstance(shape, int) or not isinstance(shape, (tuple, list)):
+        raise TypeError(f"`{name}` must be a tuple of ints (a shape), got {shape!r}")
+    return tuple(check_positive_int(s, f"{name}[{i}]") for i, s in enumerate(shape))
+
+
 def check_scalar(x: Any, name: str) -> None:
     """Raises unless `x` is a scalar (Python number or 0-d array)."""
     if isinstance(x, (int, float, np.number)):

@@ -838,7 +838,7 @@ def test_fit_calls_epoch_hooks_for_model_trainers():
     recorder = Recorder()
     data = [{"x": jnp.ones((4, 2)), "y": jnp.zeros((4, 1))}] * 2
     trainer.fit(data, callbacks=[recorder], num_epochs=2)
-    names = ("loss", "mse")
+    names = ("loss", "mse", "skipped")
     expected = [("begin",)]
     for e in range(2):
         expected += [("epoch_begin", e), ("batch_end", 2 * e, names)]

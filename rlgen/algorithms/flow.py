@@ -1,12 +1,12 @@
-"""Flow-matching training as an init/update pair: one optimiser step on
-`rlgen.generative.flow.flow_matching_loss` per batch, with an optional EMA of the
-parameters and, for rectified flow's reflow stage, a frozen teacher in the state.
+"""Flow-matching training as an init/update pair: `supervised` on
+`rlgen.generative.flow.flow_matching_loss`, with an optional EMA of the parameters and,
+for rectified flow's reflow stage, a frozen teacher in the state.
 
-The state (`FlowState`) follows the protocol of `rlgen.algorithms.base`: ``params``,
-``opt_state``, ``step``, then ``key`` (split at each update for the step's noise, times
-and label dropout), ``ema_params`` (the moving average, or ``()`` without one) and
-``ref_params`` (the reflow teacher's frozen parameters, or ``()``). Everything a run
-needs to resume exactly is in it.
+The state (`FlowState`) follows the protocol of `rlgen.algorithms.base`: `supervised`'s
+``params``, ``opt_state``, ``step`` and ``key`` (split at each update for the step's
+noise, times and label dropout), then ``ema_params`` (the moving average, or ``()``
+without one) and ``ref_params`` (the reflow teacher's frozen parameters, or ``()``).
+Everything a run needs to resume exactly is in it.
 """
 
 from __future__ import annotations
@@ -18,14 +18,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rlgen import _checks
 from rlgen.algorithms import base
+from rlgen.algorithms.supervised import SupervisedState, supervised
 from rlgen.generative.flow import METRICS as LOSS_METRICS
 from rlgen.generative.flow import FlowConfig, flow_matching_loss
 
+__all__ = ["METRICS", "FlowState", "flow_matching"]
+
 #: The metrics `flow_matching`'s update returns: the loss, the loss's `METRICS` and
-#: ``skipped`` (1.0 when a non-finite loss or gradient left the state's parameters,
-#: optimiser state and average unchanged).
+#: `supervised`'s ``skipped`` (1.0 when a non-finite loss or gradient left the
+#: parameters, optimiser state and average unchanged).
 METRICS = ("loss", *LOSS_METRICS, "skipped")
 
 
@@ -52,12 +54,12 @@ def flow_matching(
     """Flow matching (Lipman et al. 2022, arXiv 2210.02747), OT-CFM (Tong et al. 2023,
     arXiv 2302.00482) or reflow (Liu et al. 2022, arXiv 2209.03003), by gradient descent.
 
-    ``update`` differentiates ``flow_matching_loss(model_fn(params), batch, key, config,
-    teacher)`` with ``key`` a fresh split of the state's key, clips the gradient's global
-    norm to ``config.max_grad_norm``, applies ``optimizer`` and, with
-    ``config.ema_decay``, moves ``ema_params`` towards the new parameters
-    (`rlgen.algorithms.ema_update`). A non-finite loss or gradient skips the step
-    (`rlgen.algorithms.apply_gradients` with ``skip``), reported as ``skipped``.
+    ``update`` is one `supervised` step (gradient of ``flow_matching_loss(model_fn(params),
+    batch, key, config, teacher)`` with ``key`` a fresh split of the state's key, clipping
+    to ``config.max_grad_norm``, ``optimizer``; a non-finite loss or gradient skips the
+    step and reports ``skipped``), then, with ``config.ema_decay``, moves ``ema_params``
+    towards the new parameters (`rlgen.algorithms.ema_update`; not on a skipped step).
+    The teacher is ``teacher_fn`` of the state's frozen ``ref_params``.
 
     Args:
       model_fn: ``params -> velocity model (x, t [B], labels or None) -> v``.
@@ -82,10 +84,6 @@ def flow_matching(
     """
     if not callable(model_fn):
         raise TypeError(f"`model_fn` must be callable, got {type(model_fn).__name__}")
-    if not isinstance(optimizer, optax.GradientTransformation):
-        raise TypeError(
-            f"`optimizer` must be an optax.GradientTransformation, got {type(optimizer).__name__}"
-        )
     config = FlowConfig() if config is None else config
     if not isinstance(config, FlowConfig):
         raise TypeError(f"`config` must be a FlowConfig, got {type(config).__name__}")
@@ -97,38 +95,33 @@ def flow_matching(
         )
     if has_teacher and not config.reflow:
         raise ValueError("a teacher is used by reflow only: set FlowConfig(reflow=True)")
-    _checks.check_int(seed, "seed")
-    tx = base.with_grad_clipping(optimizer, config.max_grad_norm)
     decay = config.ema_decay
+
+    def inner(ref_params):
+        """`supervised` on the loss, the teacher rebuilt from ``ref_params``."""
+
+        def loss_fn(params, batch, key, step):
+            teacher = teacher_fn(ref_params) if config.reflow else None
+            return flow_matching_loss(model_fn(params), batch, key, config, teacher)
+
+        return supervised(loss_fn, optimizer, max_grad_norm=config.max_grad_norm, seed=seed)
+
+    inner(())  # checks the optimizer and the seed now
 
     def init(params):
         return FlowState(
-            params,
-            tx.init(params),
-            jnp.zeros((), jnp.int32),
-            jax.random.key(seed),
-            () if decay is None else jax.tree.map(jnp.copy, params),
-            jax.tree.map(jnp.copy, teacher_params) if config.reflow else (),
+            *inner(()).init(params),
+            ema_params=() if decay is None else jax.tree.map(jnp.copy, params),
+            ref_params=jax.tree.map(jnp.copy, teacher_params) if config.reflow else (),
         )
 
     def update(state: FlowState, batch):
-        key, step_key = jax.random.split(state.key)
-        teacher = teacher_fn(state.ref_params) if config.reflow else None
-
-        def loss_fn(params):
-            loss, metrics = flow_matching_loss(model_fn(params), batch, step_key, config, teacher)
-            return loss, (loss, metrics)
-
-        grads, (loss, metrics) = jax.grad(loss_fn, has_aux=True)(state.params)
-        skip = ~(jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads)))
-        params, opt_state = base.apply_gradients(
-            tx, state.params, state.opt_state, grads, skip=skip
-        )
+        new, metrics = inner(state.ref_params).update(SupervisedState(*state[:4]), batch)
         average = state.ema_params
         if decay is not None:
-            moved = base.ema_update(average, params, decay)
-            average = jax.tree.map(lambda old, new: jnp.where(skip, old, new), average, moved)
-        new = FlowState(params, opt_state, state.step + 1, key, average, state.ref_params)
-        return new, {"loss": loss, **metrics, "skipped": skip.astype(jnp.float32)}
+            moved = base.ema_update(average, new.params, decay)
+            kept = metrics["skipped"] > 0
+            average = jax.tree.map(lambda old, avg: jnp.where(kept, old, avg), average, moved)
+        return FlowState(*new, ema_params=average, ref_params=state.ref_params), metrics
 
     return base.Algorithm(init, update)

@@ -8,7 +8,9 @@ receives the step's randomness and the step count explicitly:
     loss_fn(params, batch, key, step) -> (loss, metrics)
 
 ``key`` is split off the state's key at each update (`SupervisedState.key`), ``step`` is
-the state's update count (schedules: KL annealing, scheduled sampling).
+the state's update count (schedules: KL annealing, scheduled sampling). A batch whose loss
+or gradient is not finite leaves the parameters and optimiser state as they were
+(`rlgen.algorithms.apply_gradients` with ``skip``) and says so in the ``skipped`` metric.
 """
 
 from __future__ import annotations
@@ -45,7 +47,10 @@ def supervised(
 
     ``update`` computes ``grad_params loss_fn(params, batch, key, step)`` with ``key`` a
     fresh split of the state's key, clips its global norm to ``max_grad_norm`` (None: no
-    clipping) and applies ``optimizer``. It returns ``{"loss": loss, **metrics}``.
+    clipping) and applies ``optimizer``. It returns ``{"loss": loss, **metrics,
+    "skipped": s}``: when the loss or a gradient is not finite (NaN or inf), the update is
+    skipped (parameters and optimiser state unchanged; the step count and key advance)
+    and ``s`` is 1.0, else 0.0.
 
     Args:
       loss_fn: ``(params, batch, key, step) -> (scalar loss, metrics dict of 0-d arrays)``.
@@ -91,8 +96,14 @@ def supervised(
         grads, loss, metrics = jax.tree.map(
             lambda x: ops.pmean(x, axis_name), (grads, loss, metrics)
         )
-        params, opt_state = base.apply_gradients(tx, state.params, state.opt_state, grads)
-        return SupervisedState(params, opt_state, state.step + 1, key), {"loss": loss, **metrics}
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(
+            (loss, grads)
+        )]))
+        params, opt_state = base.apply_gradients(
+            tx, state.params, state.opt_state, grads, skip=~finite
+        )
+        metrics = {"loss": loss, **metrics, "skipped": (~finite).astype(jnp.float32)}
+        return SupervisedState(params, opt_state, state.step + 1, key), metrics
 
     return base.Algorithm(init, update)
 

@@ -125,3 +125,23 @@ def test_state_is_a_fixed_structure_scan_carry():
     final, metrics = jax.lax.scan(lambda s, _: algo.update(s, BATCH), state, None, length=4)
     assert jax.tree.structure(final) == jax.tree.structure(state)
     assert metrics["loss"].shape == (4,) and float(metrics["loss"][-1]) < float(metrics["loss"][0])
+
+
+def test_nonfinite_loss_or_gradient_skips_the_update():
+    def loss(params, batch, key, step):  # sqrt|p - at|: finite, its gradient infinite at `at`
+        return jnp.sum(jnp.sqrt(jnp.abs(params - batch["at"]))) + batch["shift"], {}
+
+    algo = supervised(loss, optax.adam(0.1))
+    update = jax.jit(algo.update)
+    state = algo.init(jnp.ones(2))
+    good = {"at": 10.0, "shift": 0.0}
+    state, metrics = update(state, good)
+    assert float(metrics["skipped"]) == 0.0
+    for batch in ({"at": 10.0, "shift": jnp.nan}, {"at": state.params[0], "shift": 0.0}):
+        new, metrics = update(state, batch)
+        assert float(metrics["skipped"]) == 1.0
+        for got, want in zip(jax.tree.leaves(new[:2]), jax.tree.leaves(state[:2]), strict=True):
+            np.testing.assert_array_equal(got, want)  # parameters and Adam's moments kept
+        assert int(new.step) == int(state.step) + 1
+    state, metrics = update(new, good)  # training goes on
+    assert float(metrics["skipped"]) == 0.0 and bool(jnp.all(jnp.isfinite(state.params)))

@@ -18,9 +18,12 @@ from flax import nnx
 
 from rlgen.algorithms import DPOConfig, GRPOConfig, PPOConfig, REINFORCEConfig
 from rlgen.generative import AutoregressiveConfig
+from rlgen.generative.diffusion import DiffusionConfig
+from rlgen.generative.energy import EnergyConfig
 from rlgen.generative.flow import FlowConfig
 from rlgen.models import MLPActorCritic, MLPPolicy, SamplingConfig, TransformerConfig, TransformerLM
 from rlgen.models.denoiser import MLPDenoiser
+from rlgen.models.energy import MLPEnergy
 from rlgen.trainers import (
     AutoregressiveTrainer,
     DPOTrainer,
@@ -29,6 +32,8 @@ from rlgen.trainers import (
     REINFORCETrainer,
     Trainer,
 )
+from rlgen.trainers.diffusion import DiffusionTrainer
+from rlgen.trainers.energy import EnergyTrainer
 from rlgen.trainers.flow import FlowTrainer
 
 from .examples import make_ema, make_gan
@@ -161,17 +166,40 @@ def _regression_batches(n, rows=ROWS):
 
 
 def _make_flow(seed=0, mesh=None):
-    """OT-CFM with labels (dropped half the time) and an EMA."""
-    model = MLPDenoiser(3, num_classes=2, hidden=8, depth=1, time_dim=4, rngs=nnx.Rngs(seed))
-    config = FlowConfig(coupling="ot", num_classes=2, ema_decay=0.9, label_dropout=0.5)
+    model = MLPDenoiser(4, num_classes=3, hidden=8, depth=1, time_dim=4, rngs=nnx.Rngs(seed))
+    # OT-CFM: the noise (from the state's key) re-paired by the host solver; labels dropped
+    # half the time; the EMA is a state field
+    config = FlowConfig(coupling="ot", num_classes=3, ema_decay=0.9, label_dropout=0.5)
     return FlowTrainer(model, _momentum(model, 0.1), config, seed=seed, mesh=mesh)
 
 
-def _flow_batches(n, rows=ROWS):
+def _make_energy(seed=0, mesh=None):
+    model = MLPEnergy(2, (8,), rngs=nnx.Rngs(seed))
+    # the negatives come from the buffer and the state's key: both matter to the numbers
+    config = EnergyConfig(sgld_steps=3, step_size=0.1, noise_scale=0.05, buffer_size=64,
+                          reinit_prob=0.2, alpha=0.1)
+    return EnergyTrainer(model, _adam(model, 0.01), config, seed=seed, mesh=mesh)
+
+
+def _energy_batches(n, rows=ROWS):
+    return [
+        {"images": _rng(700 + i).uniform(-0.8, 0.8, (rows, 2)).astype(np.float32)}
+        for i in range(n)
+    ]
+
+
+def _make_diffusion(seed=0, mesh=None):
+    model = MLPDenoiser(4, num_classes=3, hidden=8, depth=1, rngs=nnx.Rngs(seed))
+    # label dropout and the noise draw from the state's key; the EMA is a state field
+    config = DiffusionConfig(num_timesteps=50, label_dropout=0.3, ema_decay=0.9)
+    return DiffusionTrainer(model, _adam(model, 0.01), config, seed=seed, mesh=mesh)
+
+
+def _image_batches(n, rows=ROWS):
     return [
         {
-            "images": _rng(700 + i).normal(size=(rows, 3)).astype(np.float32),
-            "labels": _rng(700 + i).integers(0, 2, rows).astype(np.int32),
+            "images": _rng(700 + i).uniform(-1, 1, (rows, 4)).astype(np.float32),
+            "labels": _rng(700 + i).integers(0, 3, rows).astype(np.int32),
         }
         for i in range(n)
     ]
@@ -212,7 +240,11 @@ CASES = {
         _gan_batches,
         lambda: _gan_batches(1, rows=2 * ROWS)[0],
     ),
-    "flow": Case(_make_flow, _flow_batches, lambda: _flow_batches(1, rows=2 * ROWS)[0]),
+    "energy": Case(_make_energy, _energy_batches, lambda: _energy_batches(1, rows=2 * ROWS)[0]),
+    "diffusion": Case(
+        _make_diffusion, _image_batches, lambda: _image_batches(1, rows=2 * ROWS)[0]
+    ),
+    "flow": Case(_make_flow, _image_batches, lambda: _image_batches(1, rows=2 * ROWS)[0]),
     "ema": Case(
         lambda seed=0, mesh=None: make_ema(seed, mesh=mesh),
         _regression_batches,

@@ -61,7 +61,7 @@ def test_copy_task_learns_and_generalises():
     trainer = make()
     train = copy_batch(0)
     first = trainer.train_step(train)
-    assert set(first) == {"loss", "nll", "token_accuracy", "sampling_prob"}
+    assert set(first) == {"loss", "nll", "token_accuracy", "sampling_prob", "skipped"}
     assert float(first["token_accuracy"]) < 0.4
     for _ in range(60):
         last = trainer.train_step(train)

@@ -122,7 +122,7 @@ def test_write_back_after_every_step():
     before = jax.tree.map(np.asarray, params_of(trainer.model))
     for i in range(1, 4):
         metrics = trainer.train_step(BATCH)
-        assert set(metrics) == {"loss", "mse"}
+        assert set(metrics) == {"loss", "mse", "skipped"}
         assert all(v.shape == () for v in metrics.values())
         assert trainer.step == i
         assert int(trainer.optimizer.step.get_value()) == i
