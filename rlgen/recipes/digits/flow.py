@@ -17,6 +17,11 @@ The file reads top to bottom:
    ``samples.png`` and ``samples.npz``; the summary adds the learned flow's
    `rlgen.generative.flow.straightness` on the sampled trajectories and the sampler's
    settings.
+
+Measured with the defaults (seed 0, 500 samples, one CPU process on a 2-core machine at
+load ~3.5): Fréchet distance 96.7 -> 2.21 (real digits: 2.00), drawn as the requested class
+12% -> 99.6%, straightness 3.54, 71 s. With ``--coupling independent``: 2.18, 99.4%,
+straightness 5.45, 58 s (OT-CFM's paths are straighter; the host solver costs ~10 s).
 """
 
 from __future__ import annotations
