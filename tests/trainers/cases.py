@@ -20,6 +20,7 @@ from rlgen.algorithms import DPOConfig, GRPOConfig, PPOConfig, REINFORCEConfig
 from rlgen.generative import AutoregressiveConfig
 from rlgen.generative.diffusion import DiffusionConfig
 from rlgen.generative.energy import EnergyConfig
+from rlgen.generative.flow import FlowConfig
 from rlgen.generative.gan import GANConfig
 from rlgen.generative.vae import VAEConfig
 from rlgen.models import MLPActorCritic, MLPPolicy, SamplingConfig, TransformerConfig, TransformerLM
@@ -36,6 +37,7 @@ from rlgen.trainers import (
 )
 from rlgen.trainers.diffusion import DiffusionTrainer
 from rlgen.trainers.energy import EnergyTrainer
+from rlgen.trainers.flow import FlowTrainer
 from rlgen.trainers.gan import GANTrainer
 from rlgen.trainers.vae import VAETrainer
 
@@ -186,6 +188,14 @@ def _regression_batches(n, rows=ROWS):
     return out
 
 
+def _make_flow(seed=0, mesh=None):
+    model = MLPDenoiser(4, num_classes=3, hidden=8, depth=1, time_dim=4, rngs=nnx.Rngs(seed))
+    # OT-CFM: the noise (from the state's key) re-paired by the host solver; labels dropped
+    # half the time; the EMA is a state field
+    config = FlowConfig(coupling="ot", num_classes=3, ema_decay=0.9, label_dropout=0.5)
+    return FlowTrainer(model, _momentum(model, 0.1), config, seed=seed, mesh=mesh)
+
+
 def _make_energy(seed=0, mesh=None):
     model = MLPEnergy(2, (8,), rngs=nnx.Rngs(seed))
     # the negatives come from the buffer and the state's key: both matter to the numbers
@@ -279,6 +289,7 @@ CASES = {
         _make_gan_trainer, _gan_image_batches, lambda: _gan_image_batches(1, rows=2 * ROWS)[0]
     ),
     "vae": Case(_make_vae, _vae_batches, lambda: _vae_batches(1, rows=2 * ROWS)[0]),
+    "flow": Case(_make_flow, _image_batches, lambda: _image_batches(1, rows=2 * ROWS)[0]),
     "ema": Case(
         lambda seed=0, mesh=None: make_ema(seed, mesh=mesh),
         _regression_batches,

@@ -134,6 +134,7 @@ def test_resume_in_a_fresh_process_is_exact(tmp_path):
     assert any("discriminator" in k for k in straight["adversarial"]["state"])
     assert any("buffer" in k for k in straight["energy"]["state"])  # the replay buffer
     assert any("ema_params" in k for k in straight["gan"]["state"])  # the generator's average
+    assert any("ema_params" in k for k in straight["flow"]["state"])
 
 
 def _close(a, b, what):
