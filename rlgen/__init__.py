@@ -35,9 +35,20 @@ _EXPORTS = {
     "DPOTrainer": "rlgen.trainers",
     "AutoregressiveConfig": "rlgen.trainers",
     "AutoregressiveTrainer": "rlgen.trainers",
+    "VAEConfig": "rlgen.trainers",
+    "VAETrainer": "rlgen.trainers",
+    "GANConfig": "rlgen.trainers",
+    "GANTrainer": "rlgen.trainers",
+    "DiffusionConfig": "rlgen.trainers",
+    "DiffusionTrainer": "rlgen.trainers",
+    "FlowConfig": "rlgen.trainers",
+    "FlowTrainer": "rlgen.trainers",
+    "EnergyConfig": "rlgen.trainers",
+    "EnergyTrainer": "rlgen.trainers",
 }
 _SUBMODULES = (
-    "algorithms", "callbacks", "checkpoints", "generative", "models", "ops", "rewards", "trainers"
+    "algorithms", "callbacks", "checkpoints", "datasets", "generative", "models", "ops",
+    "quality", "rewards", "trainers",
 )
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES) + ["__version__"]

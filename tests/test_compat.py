@@ -71,8 +71,19 @@ MODULES = {
     "artifex.generative_models.training.trainers": "rlgen.trainers",
 }
 
-# Artifex's model trainers that rlgen does not provide yet.
-PLANNED_TRAINERS = ("VAETrainer", "GANTrainer", "DiffusionTrainer", "FlowTrainer", "EnergyTrainer")
+# Artifex's hierarchy: every class of it exists in rlgen.
+ARTIFEX_TRAINERS = (
+    "VAETrainer",
+    "GANTrainer",
+    "DiffusionTrainer",
+    "FlowTrainer",
+    "EnergyTrainer",
+    "AutoregressiveTrainer",
+    "REINFORCETrainer",
+    "PPOTrainer",
+    "GRPOTrainer",
+    "DPOTrainer",
+)
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -961,19 +972,20 @@ def test_every_trainer_derives_from_trainer():
     assert rlgen.Trainer is Trainer
     exported = [getattr(rlgen.trainers, n) for n in rlgen.trainers.__all__ if n.endswith("Trainer")]
     subclasses = [cls for cls in exported if cls is not Trainer]
-    assert {cls.__name__ for cls in subclasses} >= {
-        "AutoregressiveTrainer",
-        "REINFORCETrainer",
-        "PPOTrainer",
-        "GRPOTrainer",
-        "DPOTrainer",
-    }
+    assert {cls.__name__ for cls in subclasses} >= set(ARTIFEX_TRAINERS)
     for cls in subclasses:
         assert issubclass(cls, Trainer), cls
         assert getattr(rlgen, cls.__name__) is cls
-    # a model trainer brings its loss, and the autoregressive one a generate()
-    assert rlgen.AutoregressiveTrainer.compute_loss is not Trainer.compute_loss
+    # a model trainer brings its loss (or its own algorithm) and its sampling utility
+    for cls in subclasses:
+        assert (cls.compute_loss, cls.make_algorithm) != (
+            Trainer.compute_loss, Trainer.make_algorithm
+        ), cls
     assert callable(rlgen.AutoregressiveTrainer.generate)
+    assert callable(rlgen.EnergyTrainer.sample_negatives)
+    assert callable(rlgen.VAETrainer.reconstruct)
+    for name in ("VAETrainer", "GANTrainer", "DiffusionTrainer", "FlowTrainer"):
+        assert callable(getattr(rlgen, name).sample), name
 
 
 # -------------------------------------------------------------- docs/compatibility.md
@@ -1139,17 +1151,15 @@ def test_page_callback_hooks():
 
 def test_page_hierarchy():
     text = section("Trainer hierarchy")
-    tree, planned = text.split("Planned, not in rlgen yet:")
+    tree = re.search(r"```\n(.*?)```", text, flags=re.S).group(1)
     in_tree = re.findall(r"\b(\w*Trainer)\b", tree)
-    assert in_tree[0] == "Trainer"
+    assert in_tree[0] == "Trainer" and tuple(in_tree[1:]) == ARTIFEX_TRAINERS
     exported = {n for n in rlgen.trainers.__all__ if n.endswith("Trainer")}
     assert sorted(in_tree) == sorted(exported)
     for name in in_tree[1:]:
         assert issubclass(getattr(rlgen.trainers, name), rlgen.Trainer), name
-    planned = re.findall(r"`(\w+Trainer)`", planned.split("\n\n")[0])
-    assert planned == list(PLANNED_TRAINERS)
-    for name in planned:  # once one arrives, the page must move it into the tree
-        assert not hasattr(rlgen.trainers, name), name
+    for utility in re.findall(r"`(\w+Trainer)\.(\w+)`", text):  # the utilities it names
+        assert callable(getattr(getattr(rlgen, utility[0]), utility[1])), utility
 
 
 def test_page_signatures_of_fit_and_utilities():
@@ -1172,3 +1182,78 @@ def test_page_has_no_stale_names():
             importlib.import_module(dotted)
         except ImportError:
             assert hasattr(importlib.import_module(module), attr), dotted
+
+
+# ------------------------------------------------------- the generative model trainers
+
+
+def _generative_trainers():
+    """One tiny trainer of each family and a batch for it: ``{section: (trainer, batch)}``."""
+    from rlgen.models import MLPVAE, MLPDenoiser, MLPDiscriminator, MLPEnergy, MLPGenerator
+
+    def opt(model):
+        return nnx.Optimizer(model, optax.sgd(0.01), wrt=nnx.Param)
+
+    x = jnp.linspace(-0.5, 0.5, 16).reshape(4, 4)
+    labels = jnp.array([0, 1, 0, 1])
+    vae = MLPVAE(4, 2, hidden=(4,), rngs=nnx.Rngs(0))
+    g = MLPGenerator(2, 4, hidden=(4,), rngs=nnx.Rngs(0))
+    d = MLPDiscriminator(4, hidden=(4,), rngs=nnx.Rngs(1))
+    denoiser = MLPDenoiser(4, num_classes=2, hidden=4, depth=1, rngs=nnx.Rngs(0))
+    velocity = MLPDenoiser(4, hidden=4, depth=1, rngs=nnx.Rngs(0))
+    energy = MLPEnergy(4, (4,), rngs=nnx.Rngs(0))
+    return {
+        "VAE": (rlgen.VAETrainer(vae, opt(vae)), {"images": x}),
+        "GAN": (
+            rlgen.GANTrainer({"generator": g, "discriminator": d},
+                             {"generator": opt(g), "discriminator": opt(d)}),
+            {"images": x},
+        ),
+        "Diffusion": (rlgen.DiffusionTrainer(denoiser, opt(denoiser)),
+                      {"images": x, "labels": labels}),
+        "Flow": (rlgen.FlowTrainer(velocity, opt(velocity)), {"images": x}),
+        "Energy": (
+            rlgen.EnergyTrainer(
+                energy, opt(energy), rlgen.EnergyConfig(sgld_steps=2, buffer_size=8)
+            ),
+            {"images": x},
+        ),
+    }
+
+
+GENERATIVE_SECTIONS = ("VAE", "GAN", "Diffusion", "Flow", "Energy")
+
+
+def generative_section(family: str) -> tuple[str, type, type]:
+    page = PAGE.read_text()
+    (heading,) = re.findall(rf"^### ({family}: .*)$", page, flags=re.M)
+    trainer, config = re.findall(r"`(\w+)`", heading)
+    return section(heading), getattr(rlgen, trainer), getattr(rlgen, config)
+
+
+@pytest.mark.parametrize("family", GENERATIVE_SECTIONS)
+def test_page_generative_config_table(family):
+    """Every field in order, with its type and default; the choices the page names exist."""
+    text, trainer, config = generative_section(family)
+    assert issubclass(trainer, rlgen.Trainer)
+    rows = table_with(text, "default")
+    fields = dataclasses.fields(config)
+    assert [spans(r["field"])[0] for r in rows] == [f.name for f in fields]
+    for row, field in zip(rows, fields, strict=True):
+        assert spans(row["type"]) == [field.type], field.name
+        assert ast.literal_eval(spans(row["default"])[0]) == field.default, field.name
+        choices = field.metadata.get("choices")
+        if choices is not None:
+            named = [c[1:-1] for c in spans(row["meaning"]) if c.startswith('"')]
+            assert named and set(named) <= set(choices), (field.name, named)
+
+
+def test_page_generative_metric_tables():
+    """The metric tables list what each trainer's train_step returns, in the page's order."""
+    for family, (trainer, batch) in _generative_trainers().items():
+        text, cls, _ = generative_section(family)
+        assert type(trainer) is cls
+        rows = table_with(text, "metric")
+        metrics = trainer.train_step(batch)
+        assert sorted(spans(r["metric"])[0] for r in rows) == sorted(metrics), family
+        assert all(np.isfinite(float(v)) for v in metrics.values()), family

@@ -137,9 +137,9 @@ def run_recipe(
     """Runs a recipe as the ``rlgen`` command does; returns its summary.
 
     A recipe with a run folder runs in one made from ``options`` (default:
-    ``recipe.run_options()``, the folder ``runs/<name>``): the summary is also written to ``summary.json`` and holds the
-    settings, the devices and ``interrupted`` (the phase Ctrl-C stopped, or False). A
-    recipe without one returns its results.
+    ``recipe.run_options()``, the folder ``runs/<name>``): the summary is also written to
+    ``summary.json`` and holds the settings, the devices and ``interrupted`` (the phase
+    Ctrl-C stopped, or False). A recipe without one returns its results.
 
     Raises:
       UsageError: the run folder cannot be used, or the devices are missing.

@@ -4,18 +4,37 @@
   transformer language model; `policy(prompts, completions)` gives teacher-forced
   logits for the trainers and `generate`/`sample` draw completions with a KV cache.
 * `MLPPolicy`, `MLPActorCritic`: tanh MLP policies over flat observations (CartPole).
+* `MLPDenoiser`: a time- and class-conditioned residual MLP, the network of the diffusion
+  and flow-matching models (``model(x, t, labels)``).
+* `MLPVAE`: an MLP encoder and decoder (Gaussian or Bernoulli) for `rlgen.trainers.VAETrainer`.
+* `MLPGenerator`, `MLPDiscriminator`: a GAN's two networks.
+* `MLPEnergy`: an energy ``E(x) -> [B]`` for `rlgen.trainers.EnergyTrainer`.
+* `DigitClassifier` and `load_digit_classifier`: the shipped 8x8-digit classifier that
+  judges the families' samples (`rlgen.quality`) and can serve as a reward.
 
     model = TransformerLM(TransformerConfig(vocab_size=32, max_len=16), rngs=nnx.Rngs(0))
     tokens, mask = model.generate(prompts, jax.random.key(0), max_new_tokens=8)
 """
 
+from rlgen.models.classifier import DigitClassifier, load_digit_classifier
+from rlgen.models.denoiser import MLPDenoiser
+from rlgen.models.energy import MLPEnergy
+from rlgen.models.gan import MLPDiscriminator, MLPGenerator
 from rlgen.models.mlp import MLPActorCritic, MLPPolicy
 from rlgen.models.transformer import SamplingConfig, TransformerConfig, TransformerLM
+from rlgen.models.vae import MLPVAE
 
 __all__ = [
+    "MLPVAE",
+    "DigitClassifier",
     "MLPActorCritic",
+    "MLPDenoiser",
+    "MLPDiscriminator",
+    "MLPEnergy",
+    "MLPGenerator",
     "MLPPolicy",
     "SamplingConfig",
     "TransformerConfig",
     "TransformerLM",
+    "load_digit_classifier",
 ]

@@ -1,7 +1,12 @@
 """`rlgen.trainers`: the `Trainer` base and its thin Flax NNX adapters.
 
     Trainer (base)                 one init/update pair, write-back, callbacks, checkpoints
-    ├── AutoregressiveTrainer      teacher forcing, label smoothing, scheduled sampling
+    ├── VAETrainer                 ELBO, beta, KL annealing, free bits; reconstruct, sample
+    ├── GANTrainer                 two models and optimisers, four losses, R1, d_steps; sample
+    ├── DiffusionTrainer           noise schedules, 3 predictions, min-SNR, EMA; DDPM/DDIM sample
+    ├── FlowTrainer                flow matching, OT-CFM, rectified flow (reflow); ODE sample
+    ├── EnergyTrainer              contrastive divergence, SGLD, replay buffer; sample_negatives
+    ├── AutoregressiveTrainer      teacher forcing, label smoothing, scheduled sampling; generate
     └── RL trainers                adapters over `rlgen.algorithms`
         ├── REINFORCETrainer
         ├── PPOTrainer
@@ -16,15 +21,30 @@ provide to the RL trainers is documented once, in `rlgen.trainers.protocol`.
 from rlgen.trainers import protocol
 from rlgen.trainers.autoregressive import AutoregressiveConfig, AutoregressiveTrainer
 from rlgen.trainers.base import Trainer
+from rlgen.trainers.diffusion import DiffusionConfig, DiffusionTrainer
+from rlgen.trainers.energy import EnergyConfig, EnergyTrainer
+from rlgen.trainers.flow import FlowConfig, FlowTrainer
+from rlgen.trainers.gan import GANConfig, GANTrainer
 from rlgen.trainers.rl import DPOTrainer, GRPOTrainer, PPOTrainer, REINFORCETrainer
+from rlgen.trainers.vae import VAEConfig, VAETrainer
 
 __all__ = [
     "AutoregressiveConfig",
     "AutoregressiveTrainer",
     "DPOTrainer",
+    "DiffusionConfig",
+    "DiffusionTrainer",
+    "EnergyConfig",
+    "EnergyTrainer",
+    "FlowConfig",
+    "FlowTrainer",
+    "GANConfig",
+    "GANTrainer",
     "GRPOTrainer",
     "PPOTrainer",
     "REINFORCETrainer",
     "Trainer",
+    "VAEConfig",
+    "VAETrainer",
     "protocol",
 ]

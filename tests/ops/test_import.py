@@ -1,6 +1,7 @@
 """`import rlgen.ops` and `import rlgen.algorithms` stay light: JAX, NumPy and optax, none
 of the heavier libraries that other layers use (Flax, Orbax, rich, distrax, TensorFlow
-Probability)."""
+Probability; SciPy, scikit-learn and matplotlib, which the flow family's exact coupling, the
+data sets and the plots import when they are used)."""
 
 import json
 import os
@@ -10,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-HEAVY = ("flax", "orbax", "rich", "distrax", "tensorflow_probability")
+HEAVY = (
+    "flax", "orbax", "rich", "distrax", "tensorflow_probability", "scipy", "sklearn", "matplotlib"
+)
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = """
 import json, sys
