@@ -42,6 +42,12 @@ def _main(capsys, *argv):
         (["addition", "--learning-rate", "fast"], "expected a number"),
         (["addition", "--devices", "0"], "--devices must be at least 1"),
         ([], "required: RECIPE"),
+        (["digits"], "required: FAMILY"),
+        (["digits", "vea"], "invalid choice: 'vea'"),
+        (["digits", "gan", "--d-step", "2"], "did you mean --d-steps?"),
+        (["digits", "gan", "--d-steps", "0"], "d_steps"),
+        (["digits", "diffusion", "--schedule", "quadratic"], "invalid choice: 'quadratic'"),
+        (["digits", "flow", "--coupling", "sinkhorn"], "invalid choice: 'sinkhorn'"),
     ],
 )
 def test_bad_usage_exits_2_with_a_hint(capsys, argv, hint):
@@ -60,6 +66,24 @@ def test_help_lists_the_recipes_and_the_knobs(capsys):
                  "--beta", "--kl-estimator", "--loss-aggregation", "--seed", "--out-dir",
                  "--devices", "--resume", "--top-p", "--no-progress"):
         assert flag in out
+
+
+def test_the_digits_group_has_one_command_per_family(capsys):
+    from rlgen.recipes.digits import FAMILIES
+
+    code, out, _ = _main(capsys, "digits", "--help")
+    assert code == 0
+    for family in FAMILIES:
+        assert family in out
+        recipe = cli.RECIPES[f"digits {family}"]
+        assert recipe.group == "digits" and recipe.slug == f"digits-{family}"
+        command = cli.parse(["digits", family, "--seed", "3", "--no-plot"])
+        assert command.recipe is recipe and command.config.seed == 3
+        assert command.options.out_dir == f"runs/digits-{family}"
+        assert command.options.checkpoint_every == 500 and not command.options.plot
+    assert {n.split()[1] for n in cli.RECIPES if n.startswith("digits ")} == set(FAMILIES)
+    code, out, _ = _main(capsys, "digits", "flow", "--help")
+    assert code == 0 and "--coupling" in out and "--guidance-scale" in out
 
 
 def test_unwritable_output_folder_fails_before_any_work(capsys, tmp_path):

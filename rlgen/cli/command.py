@@ -32,11 +32,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         hint = ""
         words = re.findall(r"--[\w-]+", message)
-        known = [s for a in self._actions for s in a.option_strings]
-        for action in self._actions:  # the recipes' options too
-            if isinstance(action, argparse._SubParsersAction):
-                for sub in action.choices.values():
-                    known += [s for a in sub._actions for s in a.option_strings]
+        known = _option_strings(self)
         for word in words:
             name = word.split("=", 1)[0]
             if name not in known:
@@ -48,6 +44,17 @@ class _Parser(argparse.ArgumentParser):
             hint = f"\nhint: run `{self.prog} --help` for the recipes"
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}{hint}\nsee `{self.prog} --help`\n")
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    """The options of ``parser`` and of its sub-commands, at every depth."""
+    known = []
+    for action in parser._actions:
+        known += action.option_strings
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                known += _option_strings(sub)
+    return known
 
 
 def recipe_options(recipe: Recipe) -> ConfigOptions:
