@@ -16,7 +16,7 @@ from rlgen.recipes.digits.flow import FlowDigitsConfig
 
 def test_shortened_run_learns_class_conditional_digits(tmp_path):
     config = FlowDigitsConfig(
-        hidden=128, depth=1, train_steps=300, batch_size=64, learning_rate=3e-3,
+        hidden=128, depth=1, steps=300, batch_size=64, learning_rate=3e-3,
         num_samples=200,
     )
     options = cli.RunOptions(out_dir=str(tmp_path), progress=False, plot=False,

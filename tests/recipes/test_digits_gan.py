@@ -14,7 +14,7 @@ from rlgen.recipes.digits.gan import GANDigitsConfig
 
 def test_shortened_run_brings_the_frechet_distance_down(tmp_path):
     # 600 steps of smaller networks (the default: 6,000 steps, FD 138 -> 2.1, floor 1.7).
-    config = GANDigitsConfig(hidden=128, num_steps=600, num_samples=300)
+    config = GANDigitsConfig(hidden=128, steps=600, num_samples=300)
     options = cli.RunOptions(out_dir=str(tmp_path), progress=False, checkpoint_every=600)
     summary = cli.run_recipe("digits gan", config, options, echo=lambda *_: None)
     assert summary["family"] == "gan" and summary["dataset"] == "digits"
@@ -29,7 +29,7 @@ def test_shortened_run_brings_the_frechet_distance_down(tmp_path):
     assert (tmp_path / SAMPLES_PNG).stat().st_size > 1000
     written = json.loads((tmp_path / "summary.json").read_text())
     assert written["frechet_after"] == summary["frechet_after"]
-    assert written["config"]["r1_weight"] == 0.5 and written["config"]["num_steps"] == 600
+    assert written["config"]["r1_weight"] == 0.5 and written["config"]["steps"] == 600
 
 
 def test_settings_pin_the_data_range_to_the_generator_output():

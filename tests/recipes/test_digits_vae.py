@@ -14,7 +14,7 @@ from rlgen.recipes.digits import vae as R
 
 
 def test_shortened_run_learns_digits(tmp_path):
-    config = R.VAEDigitsConfig(steps=300, width=128, num_samples=300, elbo_samples=4)
+    config = R.VAEDigitsConfig(steps=300, hidden=128, num_samples=300, elbo_samples=4)
     options = cli.RunOptions(out_dir=str(tmp_path / "run"), progress=False, checkpoint_every=1000)
     summary = cli.run_recipe("digits vae", config, options, echo=lambda *_: None)
     # measured (seed 0): Fréchet distance 127.6 -> 33.6, held-out ELBO -86.3 -> -46.4

@@ -54,7 +54,7 @@ class FlowDigitsConfig:
       seed: seeds the model, the batches, the training noise and the samples.
       hidden: the MLPDenoiser's width.
       depth: the MLPDenoiser's residual blocks.
-      train_steps: optimiser steps.
+      steps: optimiser steps.
       batch_size: digits per step.
       learning_rate: Adam's peak step size (a cosine decay takes it to a twentieth).
       warmup_steps: steps of linear warm-up of the step size.
@@ -72,7 +72,7 @@ class FlowDigitsConfig:
     hidden: int = 256
     depth: int = 3
     # training
-    train_steps: int = 2000
+    steps: int = 2000
     batch_size: int = 128
     learning_rate: float = 1e-3
     warmup_steps: int = 100
@@ -81,7 +81,7 @@ class FlowDigitsConfig:
         pinned=("num_classes", "reflow", "teacher_steps", "teacher_method"),
     )
     # sampling
-    num_samples: int = 500
+    num_samples: int = 1000
     sampler: str = _checks.option("heun", METHODS)
     sample_steps: int = 10
     guidance_scale: float = 1.5
@@ -89,7 +89,7 @@ class FlowDigitsConfig:
     def __post_init__(self):
         check_pinned(self)
         _checks.check_options(self)
-        for name in ("hidden", "depth", "train_steps", "batch_size", "num_samples",
+        for name in ("hidden", "depth", "steps", "batch_size", "num_samples",
                      "sample_steps"):
             _checks.check_positive_int(getattr(self, name), name)
         _checks.check_int(self.warmup_steps, "warmup_steps", low=0)
@@ -114,8 +114,8 @@ def build_trainer(config: FlowDigitsConfig, mesh=None) -> FlowTrainer:
     schedule = optax.warmup_cosine_decay_schedule(
         0.0,
         config.learning_rate,
-        min(config.warmup_steps, config.train_steps - 1),
-        config.train_steps,
+        min(config.warmup_steps, config.steps - 1),
+        config.steps,
         0.05 * config.learning_rate,
     )
     optimizer = nnx.Optimizer(model, optax.adam(schedule), wrt=nnx.Param)
@@ -165,7 +165,7 @@ def run(config: FlowDigitsConfig, folder) -> dict[str, Any]:
         "train",
         trainer,
         digits.epoch_batches(data.train_x, data.train_labels, config.batch_size, config.seed),
-        config.train_steps,
+        config.steps,
         show=("loss", "pair_cost"),
     )
 

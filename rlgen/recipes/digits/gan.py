@@ -70,7 +70,7 @@ class GANDigitsConfig:
       latent_dim: the generator's noise size.
       hidden: the width of each hidden layer of both networks.
       depth: hidden layers of each network.
-      num_steps: training steps (each: ``d_steps`` discriminator updates, one generator
+      steps: training steps (each: ``d_steps`` discriminator updates, one generator
         update).
       batch_size: real digits per step (and generated ones per discriminator update).
       generator_lr: the generator's Adam step size.
@@ -84,7 +84,7 @@ class GANDigitsConfig:
     latent_dim: int = 32
     hidden: int = 256
     depth: int = 2
-    num_steps: int = 6000
+    steps: int = 6000
     batch_size: int = 64
     generator_lr: float = 4e-4
     discriminator_lr: float = 4e-4
@@ -147,7 +147,7 @@ def run(config: GANDigitsConfig, folder) -> dict[str, Any]:
         "train",
         trainer,
         digits.epoch_batches(data.train_x, None, config.batch_size, config.seed),
-        config.num_steps,
+        config.steps,
         show=("d_loss", "g_loss", "d_real", "d_fake"),
     )
     samples = np.asarray(trainer.sample(config.num_samples, key))  # the generator's average

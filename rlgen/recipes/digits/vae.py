@@ -52,7 +52,7 @@ class VAEDigitsConfig:
     Attributes:
       seed: seeds the model, the batches and the samples.
       latent_dim: the latent size ``Z``.
-      width: the width of each hidden layer of the encoder and the decoder.
+      hidden: the width of each hidden layer of the encoder and the decoder.
       depth: the number of hidden layers of each.
       vae: the VAE's settings (beta, KL schedule, free bits, decoder).
       steps: training steps.
@@ -69,7 +69,7 @@ class VAEDigitsConfig:
 
     seed: int = 0
     latent_dim: int = 8
-    width: int = 256
+    hidden: int = 256
     depth: int = 2
     vae: VAEConfig = nested(VAEConfig(beta=3.0, learn_decoder_std=True))
     steps: int = 3000
@@ -80,7 +80,7 @@ class VAEDigitsConfig:
 
     def __post_init__(self):
         _checks.check_int(self.seed, "seed")
-        for name in ("latent_dim", "width", "depth", "steps", "batch_size", "elbo_samples"):
+        for name in ("latent_dim", "hidden", "depth", "steps", "batch_size", "elbo_samples"):
             _checks.check_positive_int(getattr(self, name), name)
         _checks.check_positive_int(self.num_samples, "num_samples", low=2)
         _checks.check_range(self.learning_rate, "learning_rate", 0.0, low_open=True)
@@ -125,14 +125,14 @@ def build_model(config: VAEDigitsConfig) -> MLPVAE:
     """The recipe's VAE over flat 64-pixel digits.
 
     Example:
-      >>> model = build_model(VAEDigitsConfig(width=32, depth=1))
+      >>> model = build_model(VAEDigitsConfig(hidden=32, depth=1))
       >>> model.latent_dim, hasattr(model, "decoder_log_scale")
       (8, True)
     """
     return MLPVAE(
         64,
         config.latent_dim,
-        hidden=(config.width,) * config.depth,
+        hidden=(config.hidden,) * config.depth,
         learn_std=config.vae.learn_decoder_std,
         rngs=nnx.Rngs(config.seed),
     )
