@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint bench demo venv clean
+.PHONY: test lint bench demo digits venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ test: lint
 # The main job: pretrain the built-in LM on addition, fine-tune it with GRPO (about a minute).
 demo: $(STAMP)
 	$(VENV)/bin/rlgen addition --out-dir runs/demo --overwrite $(ARGS)
+
+# One generative family trained on the 8x8 digits: make digits FAMILY=diffusion (vae, gan, flow, energy).
+FAMILY ?= diffusion
+digits: $(STAMP)
+	$(VENV)/bin/rlgen digits $(FAMILY) --out-dir runs/digits-$(FAMILY) --overwrite $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,bench]'

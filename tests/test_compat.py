@@ -1073,14 +1073,9 @@ def test_page_module_table():
             assert hasattr(module, name), (module.__name__, name)
 
 
-@pytest.mark.parametrize("algorithm", sorted(RL_SECTIONS))
-def test_page_config_table(algorithm):
-    """Fields in order, types, defaults, Artifex's fields, and the choices the page names.
-
-    The page may name fewer choices than an option has (a new loss type or advantage
-    scale is one registry entry in the module that implements it), never one it lacks.
-    """
-    text, _, config = rl_section(algorithm)
+def check_config_table(text: str, config: type) -> list[dict[str, str]]:
+    """The field table of ``text`` lists ``config``'s fields in order, with their types and
+    defaults, and names only choices the field has; returns its rows."""
     rows = table_with(text, "default")
     fields = dataclasses.fields(config)
     assert [spans(r["field"])[0] for r in rows] == [f.name for f in fields]
@@ -1091,6 +1086,18 @@ def test_page_config_table(algorithm):
         if choices is not None:
             named = [c[1:-1] for c in spans(row["meaning"]) if c.startswith('"')]
             assert named and set(named) <= set(choices), (field.name, named)
+    return rows
+
+
+@pytest.mark.parametrize("algorithm", sorted(RL_SECTIONS))
+def test_page_config_table(algorithm):
+    """Fields in order, types, defaults, Artifex's fields, and the choices the page names.
+
+    The page may name fewer choices than an option has (a new loss type or advantage
+    scale is one registry entry in the module that implements it), never one it lacks.
+    """
+    text, _, config = rl_section(algorithm)
+    rows = check_config_table(text, config)
     artifex = {spans(r["field"])[0] for r in rows if r["Artifex"] == "yes"}
     assert artifex == set(ARTIFEX_CONFIG_FIELDS[config.__name__])
 
@@ -1236,16 +1243,7 @@ def test_page_generative_config_table(family):
     """Every field in order, with its type and default; the choices the page names exist."""
     text, trainer, config = generative_section(family)
     assert issubclass(trainer, rlgen.Trainer)
-    rows = table_with(text, "default")
-    fields = dataclasses.fields(config)
-    assert [spans(r["field"])[0] for r in rows] == [f.name for f in fields]
-    for row, field in zip(rows, fields, strict=True):
-        assert spans(row["type"]) == [field.type], field.name
-        assert ast.literal_eval(spans(row["default"])[0]) == field.default, field.name
-        choices = field.metadata.get("choices")
-        if choices is not None:
-            named = [c[1:-1] for c in spans(row["meaning"]) if c.startswith('"')]
-            assert named and set(named) <= set(choices), (field.name, named)
+    check_config_table(text, config)
 
 
 def test_page_generative_metric_tables():

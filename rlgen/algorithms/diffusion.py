@@ -4,7 +4,7 @@ exponential moving average of the parameters updated inside the same compiled st
 Diffusion models are sampled from the moving average of their parameters, not from the
 last iterate (Ho et al. 2020, arXiv 2006.11239; Song and Ermon 2020, arXiv 2006.09011):
 the average is part of the algorithm's state (``ema_params``), so it is saved, restored,
-sharded and scanned like the rest. The loss itself (`rlgen.generative.diffusion_loss`)
+sharded and scanned like the rest. The loss itself (`rlgen.generative.diffusion.diffusion_loss`)
 is handed in, so this pair knows nothing of schedules or predictions.
 """
 
@@ -52,7 +52,7 @@ def diffusion(
 
     Args:
       loss_fn: ``(params, batch, key, step) -> (scalar loss, metrics dict)``, e.g.
-        `rlgen.generative.diffusion_loss` of the model rebuilt from ``params``.
+        `rlgen.generative.diffusion.diffusion_loss` of the model rebuilt from ``params``.
       optimizer: an optax transformation.
       ema_decay: the average's decay in ``[0, 1]`` (0: the average is the parameters).
       max_grad_norm: global-norm clipping of the gradients (None: none).

@@ -35,8 +35,8 @@ class DiffusionTrainer(Trainer):
 
     ``train_step(batch)`` with ``images`` (``[B, *data_shape]`` float, in
     ``[-clip_x0, clip_x0]``) and optional ``labels`` (``[B]`` int in ``[0, num_classes)``):
-    one optimiser step on `rlgen.generative.diffusion_loss`, then the EMA of the parameters
-    (`rlgen.algorithms.diffusion.diffusion`; ``state.ema_params``). Metrics: ``loss`` and
+    one optimiser step on `rlgen.generative.diffusion.diffusion_loss`, then the EMA of the
+    parameters (`rlgen.algorithms.diffusion.diffusion`; ``state.ema_params``). Metrics: ``loss`` and
     `rlgen.generative.diffusion.METRICS` (``mse``, ``mean_weight``). The batch is checked
     on the host before the compiled step (shape, range, labels).
 
@@ -182,8 +182,8 @@ class DiffusionTrainer(Trainer):
           num_samples: how many samples.
           key: PRNG key.
           labels: ``[num_samples]`` int classes (None: unconditional, the null class).
-          sampler: ``"ddim"`` (`rlgen.generative.sample_ddim`) or ``"ddpm"``
-            (`rlgen.generative.sample_ddpm`).
+          sampler: ``"ddim"`` (`rlgen.generative.diffusion.sample_ddim`) or ``"ddpm"``
+            (`rlgen.generative.diffusion.sample_ddpm`).
           num_steps: sampling steps (None: 50 for DDIM, all ``T`` for DDPM).
           eta: DDIM's stochasticity (0: deterministic; ignored by DDPM).
           guidance_scale: classifier-free guidance scale (1: the conditional model; with
