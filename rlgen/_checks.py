@@ -236,6 +236,37 @@ def check_shape_tuple(shape: Any, name: str) -> tuple[int, ...]:
     return tuple(check_positive_int(s, f"{name}[{i}]") for i, s in enumerate(shape))
 
 
+def check_labels(labels, num_classes: int | None, batch_size: int, name: str = "labels"):
+    """Validates optional class ``labels`` ``[B]`` for a model of ``num_classes`` classes.
+
+    None passes (unconditional). Labels for a model of 0 classes (unconditional) are a
+    ValueError; so is a label outside ``[0, num_classes)`` when the labels are concrete
+    (under `jit` the range cannot be inspected: the trainers check on the host first).
+    ``num_classes`` None: the range is not checked.
+
+    Returns:
+      the labels as a JAX integer array ``[B]``, or None.
+
+    Example:
+      >>> check_labels(np.array([0, 10]), 10, 2)
+      Traceback (most recent call last):
+      ...
+      ValueError: `labels` must hold class ids in [0, 10), got values in [0, 10]
+    """
+    if labels is None:
+        return None
+    if num_classes == 0:
+        raise ValueError(
+            f"`{name}` given to an unconditional model (num_classes = 0); drop the labels or "
+            "build the model with num_classes > 0"
+        )
+    labels = int_array(labels, name, rank=1, what="([B], one class per example)")
+    check_shape(labels, (batch_size,), name, "the batch, one class per example")
+    if num_classes is not None:
+        check_ids(labels, num_classes, name)
+    return labels
+
+
 def check_scalar(x: Any, name: str) -> None:
     """Raises unless `x` is a scalar (Python number or 0-d array)."""
     if isinstance(x, (int, float, np.number)):

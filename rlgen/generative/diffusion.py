@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlgen import _checks
+from rlgen._checks import check_labels
 
 __all__ = [
     "LOSS_WEIGHTINGS",
@@ -472,37 +473,6 @@ class DiffusionConfig:
     def schedule_arrays(self) -> NoiseSchedule:
         """This config's `NoiseSchedule` (``noise_schedule(schedule, num_timesteps)``)."""
         return noise_schedule(self.schedule, self.num_timesteps)
-
-
-def check_labels(labels, num_classes: int | None, batch_size: int, name: str = "labels"):
-    """Validates optional class ``labels`` ``[B]`` for a model of ``num_classes`` classes.
-
-    None passes (unconditional). Labels for a model of 0 classes (unconditional) are a
-    ValueError; so is a label outside ``[0, num_classes)`` when the labels are concrete
-    (under `jit` the range cannot be inspected: check on the host first, as
-    `DiffusionTrainer` does). ``num_classes`` None: the range is not checked.
-
-    Returns:
-      the labels as a JAX integer array ``[B]``, or None.
-
-    Example:
-      >>> check_labels(jnp.array([0, 10]), 10, 2)
-      Traceback (most recent call last):
-      ...
-      ValueError: `labels` must hold class ids in [0, 10), got values in [0, 10]
-    """
-    if labels is None:
-        return None
-    if num_classes == 0:
-        raise ValueError(
-            f"`{name}` given to an unconditional model (num_classes = 0); drop the labels or "
-            "build the model with num_classes > 0"
-        )
-    labels = _checks.int_array(labels, name, rank=1, what="([B], one class per example)")
-    _checks.check_shape(labels, (batch_size,), name, "the batch, one class per example")
-    if num_classes is not None:
-        _checks.check_ids(labels, num_classes, name)
-    return labels
 
 
 def diffusion_loss(

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlgen import _checks
+from rlgen._checks import check_labels
 
 #: How training pairs of noise and data are drawn (`FlowConfig.coupling`).
 COUPLINGS = ("independent", "ot")
@@ -344,7 +345,7 @@ def check_batch(batch: Mapping[str, Any], config: FlowConfig):
       ...             FlowConfig(num_classes=3))
       Traceback (most recent call last):
       ...
-      ValueError: `labels` must lie in [0, 3) (num_classes=3), got values in [0, 4]
+      ValueError: `labels` must hold class ids in [0, 3), got values in [0, 4]
     """
     if not isinstance(batch, Mapping):
         raise TypeError(f"the flow batch must be a dict of arrays, got {type(batch).__name__}")
@@ -365,26 +366,6 @@ def check_batch(batch: Mapping[str, Any], config: FlowConfig):
         )
     labels = check_labels(labels, config.num_classes, images.shape[0])
     return images, labels
-
-
-def check_labels(labels, num_classes: int, batch_size: int, name: str = "labels"):
-    """``labels`` as an int array of shape ``[batch_size]`` in ``[0, num_classes)``.
-
-    The range is checked when the labels are concrete (not under `jit`).
-
-    Example:
-      >>> check_labels([0, 2], 3, 2)
-      Array([0, 2], dtype=int32)
-    """
-    labels = _checks.int_array(labels, name, shape=(batch_size,), like="the batch's rows")
-    if not isinstance(labels, jax.core.Tracer) and labels.size:
-        low, high = int(jnp.min(labels)), int(jnp.max(labels))
-        if low < 0 or high >= num_classes:
-            raise ValueError(
-                f"`{name}` must lie in [0, {num_classes}) (num_classes={num_classes}), got "
-                f"values in [{low}, {high}]"
-            )
-    return labels
 
 
 # --------------------------------------------------------------------------- samplers

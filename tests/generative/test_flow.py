@@ -368,7 +368,7 @@ def test_input_errors():
         loss({"images": images}, FlowConfig(reflow=True))
     with pytest.raises(ValueError, match="teacher.*reflow only"):
         loss({"images": images}, teacher=model)
-    with pytest.raises(ValueError, match=r"`labels` must lie in \[0, 3\)"):
+    with pytest.raises(ValueError, match=r"`labels` must hold class ids in \[0, 3\)"):
         loss({"images": images, "labels": np.array([0, 1, 2, 3])})
     with pytest.raises(ValueError, match=r"`labels` must have shape \(4,\)"):
         loss({"images": images, "labels": np.array([0, 1])})

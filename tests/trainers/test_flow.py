@@ -173,11 +173,11 @@ def test_errors():
     images = np.zeros((4, 2), np.float32)
     with pytest.raises(ValueError, match=r"`images` must have shape \[B, 2\]"):
         trainer.train_step({"images": np.zeros((4, 3), np.float32)})
-    with pytest.raises(ValueError, match=r"`labels` must lie in \[0, 3\)"):
+    with pytest.raises(ValueError, match=r"`labels` must hold class ids in \[0, 3\)"):
         trainer.train_step({"images": images, "labels": np.array([0, 1, 2, 3])})
     with pytest.raises(ValueError, match="non-finite"):
         trainer.train_step({"images": images + np.nan})
-    with pytest.raises(ValueError, match=r"`labels` must lie in \[0, 3\)"):
+    with pytest.raises(ValueError, match=r"`labels` must hold class ids in \[0, 3\)"):
         trainer.sample(2, jax.random.key(0), np.array([0, -1]))
     with pytest.raises(ValueError, match="unknown `method` 'rk4'"):
         trainer.sample(2, jax.random.key(0), method="rk4")
