@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlgen import _checks
+from rlgen import _checks, ops
 from rlgen._checks import check_labels
 
 __all__ = [
@@ -716,7 +716,8 @@ def draw_step(key, mean, std) -> jax.Array:
 
 def step_log_prob(x_prev, mean, std) -> jax.Array:
     """The log-density of a sampler step: ``sum_d log N(x_prev_d; mean_d, std_d^2)`` per
-    example (the per-step log-probability of DDPO, Black et al. 2023, arXiv 2305.13301).
+    example (the per-step log-probability of DDPO, Black et al. 2023, arXiv 2305.13301):
+    `rlgen.ops.gaussian_step_log_prob` with ``reduction="sum"``.
 
     Dimensions with ``std = 0`` (a deterministic step: DDIM's ``eta = 0``, the last DDPM
     step) are a point mass and contribute 0.
@@ -732,14 +733,8 @@ def step_log_prob(x_prev, mean, std) -> jax.Array:
       Array([-1.8379], dtype=float32)
     """
     mean = _checks.float_array(mean, "mean", min_rank=1, upcast=True)
-    x_prev = _checks.float_array(x_prev, "x_prev", shape=mean.shape, like="mean")
-    std = _checks.float_array(std, "std", shape=mean.shape, like="mean")
-    stochastic = std > 0
-    safe = jnp.where(stochastic, std, 1.0)
-    z = (x_prev - mean) / safe
-    per_dim = -0.5 * jnp.square(z) - jnp.log(safe) - 0.5 * math.log(2 * math.pi)
-    per_dim = jnp.where(stochastic, per_dim, 0.0)
-    return jnp.sum(per_dim.reshape(per_dim.shape[0], -1), axis=1)
+    _checks.float_array(std, "std", shape=mean.shape, like="mean")
+    return ops.gaussian_step_log_prob(x_prev, mean, std, reduction="sum")
 
 
 # ----------------------------------------------------------------------------------------

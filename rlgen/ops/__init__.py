@@ -5,7 +5,9 @@ asked (see `aggregate`); errors at trace time. Data-parallel reductions (`psum`,
 `global_token_mean`) are the identity without an `axis_name`. The tutorial-style names
 `compute_discounted_returns`, `compute_gae_advantages`, `normalize_advantages`,
 `compute_policy_entropy`, `compute_kl_divergence` and `compute_clipped_surrogate_loss`
-are thin wrappers of the general kernels.
+are thin wrappers of the general kernels. For diffusion and flow models, whose sampler
+steps are Gaussian policies: `gaussian_step_log_prob` and `gaussian_step_kl`, with the
+reduction over dimensions (`GAUSSIAN_REDUCTIONS`: "sum" or "mean") always explicit.
 
 Importing this package loads JAX and NumPy only.
 """
@@ -27,6 +29,8 @@ from rlgen.ops.aggregation import (
     masked_sum,
 )
 from rlgen.ops.distributed import pmean, psum, shard_local
+from rlgen.ops.gaussian import REDUCTIONS as GAUSSIAN_REDUCTIONS
+from rlgen.ops.gaussian import gaussian_step_kl, gaussian_step_log_prob
 from rlgen.ops.kl import ESTIMATORS as KL_ESTIMATORS
 from rlgen.ops.kl import (
     compute_kl_divergence,
@@ -68,6 +72,7 @@ from rlgen.ops.returns import (
 __all__ = [
     "ADVANTAGE_SCALES",
     "AGGREGATION_MODES",
+    "GAUSSIAN_REDUCTIONS",
     "KL_ESTIMATORS",
     "PREFERENCE_LOSS_TYPES",
     "RATIO_LEVELS",
@@ -86,6 +91,8 @@ __all__ = [
     "discounted_returns",
     "entropy",
     "gae_advantages",
+    "gaussian_step_kl",
+    "gaussian_step_log_prob",
     "global_count",
     "global_token_mean",
     "group_advantages",
