@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from collections.abc import Mapping
 
 import jax
@@ -290,22 +289,12 @@ def check_unit_interval(x, name: str = "images"):
             )
         return jnp.zeros((), jnp.int32)
     n_bad = jnp.sum(~((x >= 0.0) & (x <= 1.0))).astype(jnp.int32)
-    jax.lax.cond(
-        n_bad > 0,
-        lambda: jax.debug.callback(_warn_out_of_range, n_bad, name),
-        lambda: None,
+    _checks.warn_traced_count(
+        n_bad,
+        f"`{name}` held {{n}} value(s) outside [0, 1] for the Bernoulli decoder; the loss "
+        "is NaN (a trainer skips the update)",
     )
     return n_bad
-
-
-def _warn_out_of_range(n_bad, name):
-    if int(n_bad):
-        warnings.warn(
-            f"`{name}` held {int(n_bad)} value(s) outside [0, 1] for the Bernoulli decoder; "
-            "the loss is NaN (a trainer skips the update)",
-            RuntimeWarning,
-            stacklevel=2,
-        )
 
 
 def reparameterize(mean, log_var, key):
