@@ -45,6 +45,9 @@ import numpy as np
 from rlgen import _checks
 from rlgen._checks import check_labels
 
+#: The noise of the stochastic sampler (`sde_step_distribution`): Flow-GRPO's
+#: ``g_t = a sqrt((1 - t) / t)`` or DanceGRPO's constant ``g_t = a``.
+SDE_NOISES = ("flow-grpo", "dance")
 #: How training pairs of noise and data are drawn (`FlowConfig.coupling`).
 COUPLINGS = ("independent", "ot")
 #: The ODE solvers of `sample_ode` (`FlowConfig.teacher_method`).
@@ -458,6 +461,76 @@ def heun_step(velocity_fn: Velocity, x, t, t_next, labels=None):
     v = velocity_at(velocity_fn, x, t, labels)
     v_next = velocity_at(velocity_fn, x + h * v, t_next, labels)
     return x + h * 0.5 * (v + v_next)
+
+
+def sde_noise_scale(t, t_next, *, noise: str = "flow-grpo", noise_level=0.7):
+    """The diffusion coefficient ``g`` of a stochastic sampler step from ``t`` to ``t_next``.
+
+    * ``"flow-grpo"`` (Liu et al. 2025, "Flow-GRPO", arXiv 2505.05470): ``g = a sqrt((1 -
+      t) / t)``, Flow-GRPO's ``sigma_tau = a sqrt(tau / (1 - tau))`` with its noise level
+      ``tau = 1 - t``. It is infinite at the pure noise ``t = 0``, so a step from ``t = 0``
+      uses ``t_next`` (as Flow-GRPO's code does with its second noise level).
+    * ``"dance"`` (Xue et al. 2025, "DanceGRPO", arXiv 2505.07818): the constant ``g = a``.
+
+    ``a = noise_level`` (``>= 0``; 0 makes the step the ODE's Euler step) may be traced.
+
+    Example:
+      >>> float(sde_noise_scale(0.5, 0.75)), float(sde_noise_scale(0.0, 0.2, noise="dance"))
+      (0.699999988079071, 0.699999988079071)
+    """
+    _checks.check_choice(noise, SDE_NOISES, "noise")
+    _checks.check_range(noise_level, "noise_level", 0.0)
+    t = jnp.asarray(t, jnp.float32)
+    a = jnp.asarray(noise_level, jnp.float32)
+    if noise == "dance":
+        return jnp.broadcast_to(a, t.shape)
+    t_eff = jnp.where(t > 0.0, t, jnp.asarray(t_next, jnp.float32))
+    return a * jnp.sqrt((1.0 - t_eff) / t_eff)
+
+
+def sde_step_distribution(
+    v, x, t, t_next, *, noise: str = "flow-grpo", noise_level=0.7, sigma_min=0.0
+):
+    """One Euler-Maruyama step of the flow's SDE with the ODE's marginals, as a Gaussian.
+
+    The SDE ``dx = [v + (g^2 / 2) score(x, t)] dt + g dW`` has the marginals of the ODE
+    ``dx = v dt`` for any ``g`` (Song et al. 2021, arXiv 2011.13456; the score is
+    `score_from_velocity`), so with ``h = t_next - t > 0`` its step is
+
+        x_next ~ N(mean, std^2 I),   mean = x + h (v + g^2 score / 2),   std = g sqrt(h)
+
+    with ``g`` from `sde_noise_scale` (Flow-GRPO's or DanceGRPO's noise). ``noise_level =
+    0`` gives the ODE's `euler_step` (std 0). Flow-GRPO (Liu et al. 2025, arXiv 2505.05470)
+    makes the sampler a policy this way; the step's log-probability is
+    `rlgen.ops.gaussian_step_log_prob`.
+
+    Args:
+      v: ``[B, ...]`` the (guided) velocity at ``(x, t)``.
+      x: ``[B, ...]`` the current state.
+      t, t_next: scalars or ``[B]``, ``0 <= t < t_next <= 1``.
+      noise: one of `SDE_NOISES`.
+      noise_level: ``a >= 0`` (may be traced).
+      sigma_min: the path's ``s``.
+
+    Returns:
+      ``(mean, std)``, both ``[B, ...]``.
+
+    Example:
+      >>> x = jnp.ones((1, 2))
+      >>> mean, std = sde_step_distribution(jnp.zeros((1, 2)), x, 0.5, 0.75)
+      >>> mean.round(4), std.round(4)  # score -(x - t v) / (1 - t) = -2
+      (Array([[0.8775, 0.8775]], dtype=float32), Array([[0.35, 0.35]], dtype=float32))
+    """
+    x = _checks.float_array(x, "x", min_rank=1)
+    v = _checks.float_array(v, "v", shape=x.shape, like="x")
+    t, t_next = _times(t, x.shape[0]), _times(t_next, x.shape[0])
+    g = sde_noise_scale(t, t_next, noise=noise, noise_level=noise_level)
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    h, g = (t_next - t).reshape(shape), g.reshape(shape)
+    score = score_from_velocity(x, t, v, sigma_min)
+    mean = x + h * (v + 0.5 * jnp.square(g) * score)
+    std = jnp.broadcast_to(g * jnp.sqrt(jnp.maximum(h, 0.0)), x.shape)
+    return mean, std
 
 
 _STEPS = {"euler": euler_step, "heun": heun_step}
