@@ -189,7 +189,54 @@ class ClippedReward:
         return jnp.clip(r, self.min_value, self.max_value)
 
 
+#: What `ClassifierReward` returns of the target class.
+CLASSIFIER_OUTPUTS = ("probability", "log_probability")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierReward:
+    """A classifier's belief that a sample is of the ``target`` class: ``p(target | x)``
+    (``"probability"``, in [0, 1]) or ``log p(target | x)`` (``"log_probability"``, the
+    differentiable reward of reward backpropagation), from ``logits_fn(samples) -> [B, C]``.
+
+    The reward of DDPO's and DiffusionNFT's class-targeting experiments; rlgen's
+    ``diffusion-grpo`` recipe scores digits with the shipped digit classifier this way.
+    A ``target`` outside ``[0, C)`` is a ValueError at the first call.
+
+    Example:
+      >>> logits_fn = lambda x: jnp.stack([x[:, 0], -x[:, 0]], axis=-1)
+      >>> ClassifierReward(logits_fn, target=0)(jnp.array([[0.0], [10.0]])).round(3)
+      Array([0.5, 1. ], dtype=float32)
+    """
+
+    logits_fn: Callable
+    target: int
+    output: str = _checks.option("probability", CLASSIFIER_OUTPUTS)
+
+    def __post_init__(self):
+        if not callable(self.logits_fn):
+            raise TypeError(f"`logits_fn` must be callable, got {type(self.logits_fn).__name__}")
+        _checks.check_int(self.target, "target", low=0)
+        _checks.check_options(self)
+
+    def __call__(self, samples, conditions=None, **kwargs):
+        logits = jnp.asarray(self.logits_fn(samples))
+        batch = batch_size_of(samples)
+        if logits.ndim != 2 or logits.shape[0] != batch:
+            raise ValueError(
+                f"`logits_fn` must return [B, C] = [{batch}, C] logits, got shape {logits.shape}"
+            )
+        if self.target >= logits.shape[1]:
+            raise ValueError(
+                f"`target` must be a class id in [0, {logits.shape[1]}), got {self.target}"
+            )
+        log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)[:, self.target]
+        return log_p if self.output == "log_probability" else jnp.exp(log_p)
+
+
 __all__ = [
+    "CLASSIFIER_OUTPUTS",
+    "ClassifierReward",
     "ClippedReward",
     "CompositeReward",
     "ConstantReward",

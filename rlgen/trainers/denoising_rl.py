@@ -1,0 +1,220 @@
+"""RL trainers of diffusion and flow models: thin NNX adapters over the denoising RL
+algorithms (no math here).
+
+Every trainer takes a denoiser ``model(x [B, ...], t [B] float in [0, 1], labels [B] int or
+None) -> [B, ...]`` (`rlgen.models.MLPDenoiser`), its ``nnx.Optimizer``, a sampler
+(`rlgen.generative.rollout.DiffusionSampler` or `FlowSampler`: the policy) and the
+algorithm's config:
+
+==========================  ==================================  ============================
+trainer                     algorithm                           what it trains on
+==========================  ==================================  ============================
+`DDPOTrainer`               `rlgen.algorithms.ddpo` (DDPO,      trajectories: per-step
+                            Flow-GRPO, Flow-GRPO-Fast/MixGRPO)  log-probs, clipped ratios
+`NFTTrainer`                `rlgen.algorithms.nft`              final samples, forward
+                            (DiffusionNFT)                      process (no log-probs)
+`DRaFTTrainer`              `rlgen.algorithms.draft`            a differentiable reward,
+                            (DRaFT-K, ReFL)                     back-propagated
+`DiffusionDPOTrainer`       `rlgen.algorithms.diffusion_dpo`    preference pairs
+==========================  ==================================  ============================
+
+``train_step(batch)`` runs the algorithm's update on a batch of its keys. The online
+methods also sample: ``train_step(conditions, reward_fn, key)`` with ``conditions``
+``{"labels": [P]}`` (a class-conditional model) or ``{"num_prompts": P}`` (unconditional)
+draws ``num_generations`` samples per condition (contiguous groups) with the sampler,
+scores them with ``reward_fn(samples [P * G, ...], labels [P * G] or None) -> [P * G]``
+and updates; ``fit(batches, reward_fn=...)`` does so for every batch of conditions.
+``sample(num, key, labels)`` draws from the current policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlgen import _checks, rewards
+from rlgen.generative import rollout as rollout_lib
+from rlgen.trainers.base import Trainer
+
+#: The keys of an online step's ``conditions`` (one of the two).
+CONDITION_KEYS = ("labels", "num_prompts")
+
+
+class _DenoisingRLTrainer(Trainer):
+    """The shared part of the denoising RL trainers (module doc)."""
+
+    config_type: type = type(None)
+    #: ``factory(apply_fn, sampler, optimizer, config) -> Algorithm``.
+    factory: Callable = staticmethod(lambda *args, **kwargs: None)
+    #: Whether ``train_step(conditions, reward_fn, key)`` samples and scores (online).
+    online: bool = True
+    #: The log-prob reduction of the rollout (None: the config's ``reduction``).
+    static_batch_keys = ("group_size",)
+    has_epochs = False
+
+    def __init__(
+        self,
+        model,
+        optimizer,
+        sampler: rollout_lib.Sampler,
+        config=None,
+        *,
+        data_shape: Sequence[int] | None = None,
+        num_classes: int | None = None,
+        **kwargs,
+    ):
+        rollout_lib.check_sampler(sampler)
+        config = self.config_type() if config is None else config
+        if not isinstance(config, self.config_type):
+            raise TypeError(
+                f"{type(self).__name__} needs a {self.config_type.__name__}, got "
+                f"{type(config).__name__}"
+            )
+        if data_shape is None:
+            dim = getattr(model, "dim", None)
+            if dim is None:
+                raise ValueError(
+                    f"pass `data_shape` (one example's shape): {type(model).__name__} has no "
+                    "`dim` attribute to take it from"
+                )
+            data_shape = (dim,)
+        self.data_shape = tuple(
+            _checks.check_positive_int(d, f"data_shape[{i}]") for i, d in enumerate(data_shape)
+        )
+        if num_classes is None:
+            num_classes = getattr(model, "num_classes", 0)
+        self.num_classes = _checks.check_int(num_classes, "num_classes", low=0)
+        self.sampler = sampler
+        super().__init__(model, optimizer, config, **kwargs)
+        self._compiled_rollout = jax.jit(
+            self._rollout, static_argnames=("num", "conditional", "record")
+        )
+
+    # ------------------------------------------------------------------ the algorithm
+    def apply_fn(self, merge):
+        """``apply_fn(params, x, t, labels)`` of the algorithms, from ``merge(params)``."""
+        return lambda params, x, t, labels: merge(params)(x, t, labels)
+
+    def make_algorithm(self, merge):
+        return self.factory(self.apply_fn(merge), self.sampler, self.tx, self.config)
+
+    def sampling_params(self):
+        """The parameters the sampler draws with (the current policy's)."""
+        return self.state.params
+
+    @property
+    def reduction(self) -> str:
+        return getattr(self.config, "reduction", "mean")
+
+    # ------------------------------------------------------------------ sampling
+    def _rollout(self, params, rest, key, labels, stochastic, *, num, conditional, record):
+        apply_fn = self.apply_fn(lambda p: self._binding.merge(p, rest))
+        samples, batch = rollout_lib.rollout(
+            apply_fn, params, self.sampler, key, (num, *self.data_shape),
+            reduction=self.reduction, labels=labels if conditional else None,
+            stochastic=stochastic,
+        )
+        return (samples, batch) if record else (samples, {})
+
+    def _labels(self, labels, num):
+        if labels is None:
+            return None
+        return _checks.check_labels(np.asarray(labels), self.num_classes, num)
+
+    def sample(self, num_samples: int, key, labels=None, *, stochastic=None):
+        """``[num_samples, *data_shape]`` samples of the current policy (the sampler).
+
+        Args:
+          num_samples: how many.
+          key: PRNG key.
+          labels: ``[num_samples]`` classes (None: unconditional, the null class).
+          stochastic: ``[K]`` which steps draw noise (None: all; see
+            `rlgen.generative.rollout.stochastic_window`).
+        """
+        _checks.check_positive_int(num_samples, "num_samples")
+        labels = self._labels(labels, num_samples)
+        samples, _ = self._compiled_rollout(
+            self.sampling_params(), self._rest, key, labels, stochastic,
+            num=num_samples, conditional=labels is not None, record=False,
+        )
+        return samples
+
+    def rollout(self, num_samples: int, key, labels=None, *, stochastic=None):
+        """``(samples, batch)`` of `rlgen.generative.rollout.rollout` with the sampling
+        parameters and the config's reduction: the trajectory the coupled methods train on."""
+        _checks.check_positive_int(num_samples, "num_samples")
+        labels = self._labels(labels, num_samples)
+        return self._compiled_rollout(
+            self.sampling_params(), self._rest, key, labels, stochastic,
+            num=num_samples, conditional=labels is not None, record=True,
+        )
+
+    # ------------------------------------------------------------------ steps
+    def experience(self, samples, batch, scores, group: int) -> dict[str, Any]:
+        """The algorithm's batch from a rollout and its rewards (subclasses refine it)."""
+        return {**batch, "rewards": scores, "group_size": group}
+
+    def _conditions(self, conditions) -> tuple[int, Any]:
+        if not isinstance(conditions, Mapping) or len(set(conditions) & set(CONDITION_KEYS)) != 1:
+            got = sorted(conditions) if isinstance(conditions, Mapping) else type(conditions)
+            raise ValueError(
+                "with `reward_fn`, the batch must be {'labels': [P] int} (a class-conditional "
+                f"model) or {{'num_prompts': P}} (unconditional); got {got}"
+            )
+        extra = sorted(set(conditions) - set(CONDITION_KEYS))
+        if extra:
+            raise ValueError(
+                f"unexpected key(s) {extra} in the conditions (allowed: {CONDITION_KEYS})"
+            )
+        if "num_prompts" in conditions:
+            return _checks.check_positive_int(conditions["num_prompts"], "num_prompts"), None
+        labels = _checks.int_array(np.asarray(conditions["labels"]), "labels", rank=1)
+        return labels.shape[0], labels
+
+    def train_step(
+        self, batch: Mapping[str, Any], reward_fn: Callable | None = None, key=None
+    ) -> dict[str, jax.Array]:
+        """One update. With ``reward_fn``: sample and score ``num_generations`` per condition.
+
+        Args:
+          batch: the algorithm's batch keys; with ``reward_fn``, the conditions
+            (``{"labels": [P]}`` or ``{"num_prompts": P}``).
+          reward_fn: ``reward_fn(samples, labels or None) -> [N]`` rewards.
+          key: PRNG key for sampling (default: `next_key()`).
+        """
+        if reward_fn is None:
+            if key is not None:
+                raise ValueError("`key` is only used with `reward_fn` (to sample)")
+            return self._run_update(batch)
+        if not self.online:
+            raise ValueError(f"{type(self).__name__} takes no `reward_fn` in train_step")
+        prompts, labels = self._conditions(batch)
+        group = self.config.num_generations
+        num = prompts * group
+        if labels is not None:
+            labels = jnp.repeat(labels, group)
+        key = self.next_key() if key is None else key
+        samples, record = self.rollout(num, key, labels)
+        scores = rewards.call_reward(reward_fn, samples, labels)
+        return self._run_update(self.experience(samples, record, scores, group))
+
+    def fit(
+        self,
+        data: Iterable[Mapping[str, Any]],
+        num_steps: int | None = None,
+        callbacks: Sequence[Any] = (),
+        *,
+        reward_fn: Callable | None = None,
+        num_epochs: int = 1,
+    ):
+        """`Trainer.fit`; with ``reward_fn`` each batch holds conditions to sample and score."""
+        if reward_fn is None:
+            return super().fit(data, num_steps, callbacks, num_epochs=num_epochs)
+        if not callable(reward_fn):
+            raise TypeError(f"`reward_fn` must be callable, got {type(reward_fn).__name__}")
+        step = lambda batch: self.train_step(batch, reward_fn)  # noqa: E731
+        return self._fit(data, step, num_steps, callbacks, num_epochs)
