@@ -15,6 +15,8 @@ reference's step means, step subsets and windows, GRPO-Guard).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -145,12 +147,23 @@ class DenoisingPolicy(nnx.Module):
         return TrajectoryGaussian(_StepFn(self.denoiser, self.sampler), labels, self.reduction)
 
     def sample(self, observations, key) -> jax.Array:
-        """Trajectories ``[B, K + 1, ...]`` of the rows' labels, drawn with ``key``."""
+        """Trajectories ``[B, K + 1, ...]`` of the rows' labels, drawn with ``key`` (one
+        compiled program per batch shape)."""
+        observations = _checks.int_array(observations, "observations", rank=1,
+                                         what="([B] class labels)")
+        graphdef, state = nnx.split(self)
+        return _sample_program(graphdef, state, observations, key)
+
+    def _sample_traced(self, observations, key):
         labels = self._labels(observations)
         apply_fn = lambda p, x, t, lab: self.denoiser(x, t, lab)  # noqa: E731
-        B = labels.shape[0] if labels is not None else jnp.shape(observations)[0]
         _, batch = rollout.rollout(
-            apply_fn, None, self.sampler, key, (B, *self.data_shape),
+            apply_fn, None, self.sampler, key, (observations.shape[0], *self.data_shape),
             reduction=self.reduction, labels=labels,
         )
         return batch["trajectory"]
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _sample_program(graphdef, state, observations, key):
+    return nnx.merge(graphdef, state)._sample_traced(observations, key)
