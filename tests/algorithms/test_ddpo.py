@@ -139,12 +139,10 @@ def test_the_loss_is_grpos_on_a_per_step_gaussian_policy(reduction):
     def policy_fn(p, traj):
         return StepGaussians(apply_fn, sampler, p, traj, reduction)
 
-    (loss, m), grads = jax.value_and_grad(D.ddpo_loss, has_aux=True)(
-        params, batch, apply_fn, sampler, config
-    )
-    (g_loss, g_m), g_grads = jax.value_and_grad(grpo_loss, has_aux=True)(
-        params, g_batch, policy_fn, g_config
-    )
+    (loss, m), grads = jax.jit(jax.value_and_grad(
+        lambda p, b: D.ddpo_loss(p, b, apply_fn, sampler, config), has_aux=True))(params, batch)
+    (g_loss, g_m), g_grads = jax.jit(jax.value_and_grad(
+        lambda p, b: grpo_loss(p, b, policy_fn, g_config), has_aux=True))(params, g_batch)
     assert 0.05 < float(m["clip_fraction"]) < 0.95  # the clip binds on some steps
     np.testing.assert_allclose(float(loss), float(g_loss), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(float(m["clip_fraction"]), float(g_m["clip_fraction"]))
@@ -189,10 +187,10 @@ def test_update_composes_under_jit_vmap_over_seeds_and_scan():
                           ratio_normalization=True)  # fmt: skip
     algo = D.ddpo(apply_fn, sampler, optax.adam(0.05), config)
     run = jax.jit(train_loop(apply_fn, sampler, algo, 5, (B, 2), "mean"))
-    keys = jax.random.split(jax.random.key(3), 3)
+    keys = jax.random.split(jax.random.key(3), 2)
     params0 = jnp.zeros((4, 2))
     states, metrics = jax.vmap(run, in_axes=(0, None))(keys, params0)
-    assert metrics["loss"].shape == (3, 5)
+    assert metrics["loss"].shape == (2, 5)
     for i, k in enumerate(keys):
         state, m = run(k, params0)
         np.testing.assert_allclose(np.asarray(states.params[i]), np.asarray(state.params),
@@ -210,9 +208,8 @@ def grads_per_step(config, stochastic, key):
     batch = make_batch(apply_fn, jnp.zeros((6, 2)), sampler, jax.random.key(4),
                        stochastic=stochastic)  # fmt: skip
     del batch["log_probs"]
-    grads = jax.grad(lambda p: D.ddpo_loss(p, batch, apply_fn, sampler, config, key=key)[0])(
-        jnp.zeros((6, 2))
-    )
+    loss = lambda p, batch, key: D.ddpo_loss(p, batch, apply_fn, sampler, config, key=key)[0]  # noqa: E731
+    grads = jax.jit(jax.grad(loss))(jnp.zeros((6, 2)), batch, key)
     return np.abs(np.asarray(grads)).sum(axis=1) > 0
 
 
@@ -313,8 +310,9 @@ def test_kl_regularised_optimum_is_the_exponential_tilt():
                                                    reduction="sum"))(jax.random.key(1))  # fmt: skip
     x = np.asarray(samples, np.float64)
     before = np.abs(np.asarray(MU) - target).max()
-    # 20,000 draws: the mean's standard error is <= 0.007; the run's own noise ~0.01.
-    assert np.abs(x.mean(0) - target).max() < 0.04, (x.mean(0), target, before)
+    # 20,000 draws: the mean's standard error is <= 0.007.
+    # Measured: 0.002 from the target (seed 0), which is 0.236 from the base mean.
+    assert np.abs(x.mean(0) - target).max() < 0.02, (x.mean(0), target, before)
     np.testing.assert_allclose(x.var(0), np.asarray(S**2), rtol=0.06)
     assert np.all(np.isfinite(np.asarray(metrics["loss"])))
 
@@ -415,7 +413,7 @@ def test_a_clip_range_for_the_other_reduction_warns(clip, reduction, dims, warns
     config = D.DDPOConfig(num_generations=2, clip_param=clip, reduction=reduction)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        D.ddpo_loss(0.0, batch, apply_fn, sampler, config)
+        jax.jit(lambda b: D.ddpo_loss(0.0, b, apply_fn, sampler, config))(batch)
     messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
     assert bool(messages) == warns, messages
     if warns:
