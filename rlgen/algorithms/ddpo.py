@@ -283,8 +283,7 @@ def _pick_steps(key, stochastic, num_train_steps):
     else:
         if num_train_steps > K:
             raise ValueError(
-                f"`num_train_steps` must be <= the sampler's K = {K} steps, got "
-                f"{num_train_steps}"
+                f"`num_train_steps` must be <= the sampler's K = {K} steps, got {num_train_steps}"
             )
         counts = _checks.concrete_value(jnp.min(jnp.sum(stochastic > 0.5, axis=1)))
         if counts is not None and counts < num_train_steps:
@@ -389,9 +388,9 @@ def _loss(params, ref_params, prepared: _Prepared, old, old_mean, apply_fn, samp
         old_mean = jax.lax.stop_gradient(mean)
     log_ratio = log_probs - old
     if config.ratio_normalization:
-        log_ratio = ratio_norm(
-            log_ratio.reshape(-1), mean, old_mean, std, reduction=red
-        ).reshape(shape)
+        log_ratio = ratio_norm(log_ratio.reshape(-1), mean, old_mean, std, reduction=red).reshape(
+            shape
+        )
     surrogate = ops.clipped_surrogate_loss(
         log_ratio, jnp.zeros_like(log_ratio), prepared.advantages, mask,
         epsilon_low=config.clip_param,

@@ -139,14 +139,16 @@ def test_the_loss_is_grpos_on_a_per_step_gaussian_policy(reduction):
     def policy_fn(p, traj):
         return StepGaussians(apply_fn, sampler, p, traj, reduction)
 
-    (loss, m), grads = jax.jit(jax.value_and_grad(
-        lambda p, b: D.ddpo_loss(p, b, apply_fn, sampler, config), has_aux=True))(params, batch)
-    (g_loss, g_m), g_grads = jax.jit(jax.value_and_grad(
-        lambda p, b: grpo_loss(p, b, policy_fn, g_config), has_aux=True))(params, g_batch)
+    (loss, m), grads = jax.jit(
+        jax.value_and_grad(lambda p, b: D.ddpo_loss(p, b, apply_fn, sampler, config), has_aux=True)
+    )(params, batch)
+    (g_loss, g_m), g_grads = jax.jit(
+        jax.value_and_grad(lambda p, b: grpo_loss(p, b, policy_fn, g_config), has_aux=True)
+    )(params, g_batch)
     assert 0.05 < float(m["clip_fraction"]) < 0.95  # the clip binds on some steps
     np.testing.assert_allclose(float(loss), float(g_loss), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(float(m["clip_fraction"]), float(g_m["clip_fraction"]))
-    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(g_grads)):
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(g_grads), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
@@ -202,26 +204,30 @@ def test_update_composes_under_jit_vmap_over_seeds_and_scan():
     assert float(jnp.abs(states.params).max()) > 0
 
 
-def grads_per_step(config, stochastic, key):
+def grads_per_step(config, stochastic, keys):
+    """Which of the 6 steps get a gradient, for each key of `keys` (one compile)."""
     sampler = rollout.FlowSampler(num_steps=6)
     apply_fn = table_model(exact_velocity, sampler)
     batch = make_batch(apply_fn, jnp.zeros((6, 2)), sampler, jax.random.key(4),
                        stochastic=stochastic)  # fmt: skip
     del batch["log_probs"]
-    loss = lambda p, batch, key: D.ddpo_loss(p, batch, apply_fn, sampler, config, key=key)[0]  # noqa: E731
-    grads = jax.jit(jax.grad(loss))(jnp.zeros((6, 2)), batch, key)
-    return np.abs(np.asarray(grads)).sum(axis=1) > 0
+
+    def loss(p, key):
+        return D.ddpo_loss(p, batch, apply_fn, sampler, config, key=key)[0]
+
+    grads = [jax.grad(loss)(jnp.zeros((6, 2)), k) for k in keys]
+    return [np.abs(np.asarray(g)).sum(axis=1) > 0 for g in grads]
 
 
 def test_only_stochastic_steps_are_trained_and_a_window_is_exactly_its_steps():
     window = rollout.stochastic_window(6, 2, 2)  # steps 2 and 3 stochastic
-    trained = grads_per_step(D.DDPOConfig(num_generations=G), window, None)
-    np.testing.assert_array_equal(trained, [False, False, True, True, False, False])
+    expected = [False, False, True, True, False, False]
+    (trained,) = grads_per_step(D.DDPOConfig(num_generations=G), window, [None])
+    np.testing.assert_array_equal(trained, expected)
     # num_train_steps = the window's size: exactly the window, whatever the key.
-    for seed in range(3):
-        config = D.DDPOConfig(num_generations=G, num_train_steps=2)
-        trained = grads_per_step(config, window, jax.random.key(seed))
-        np.testing.assert_array_equal(trained, [False, False, True, True, False, False])
+    config = D.DDPOConfig(num_generations=G, num_train_steps=2)
+    for trained in grads_per_step(config, window, jax.random.split(jax.random.key(0), 3)):
+        np.testing.assert_array_equal(trained, expected)
 
 
 def test_a_random_subset_of_stochastic_steps_per_row_and_update():
@@ -301,8 +307,10 @@ def test_kl_regularised_optimum_is_the_exponential_tilt():
 
     n_updates = 300
     lr = optax.cosine_decay_schedule(0.05, n_updates)
-    config = D.DDPOConfig(num_generations=group, clip_param=0.2, beta=beta, reduction="sum",
-                          scale_rewards="none", advantage_clip=None, max_grad_norm=None)  # fmt: skip
+    config = D.DDPOConfig(
+        num_generations=group, clip_param=0.2, beta=beta, reduction="sum",
+        scale_rewards="none", advantage_clip=None, max_grad_norm=None,
+    )  # fmt: skip
     algo = D.ddpo(apply_fn, sampler, optax.adam(lr), config)
     run = jax.jit(train_loop(apply_fn, sampler, algo, n_updates, (256, 2), "sum"))
     state, metrics = run(jax.random.key(0), jnp.zeros((10, 2)))
@@ -336,7 +344,7 @@ def test_non_finite_rewards_are_refused_eagerly_and_skipped_under_jit():
         new, m = jax.jit(algo.update)(state, batch)
         jax.block_until_ready(new)
     assert float(m["skipped"]) == 1.0
-    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(params)):
+    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -418,3 +426,26 @@ def test_a_clip_range_for_the_other_reduction_warns(clip, reduction, dims, warns
     assert bool(messages) == warns, messages
     if warns:
         assert "looks tuned for reduction=" in messages[0] and f"D={dims}" in messages[0]
+
+
+def test_later_iterations_use_the_first_iterations_log_probs_as_behaviour():
+    """num_iterations = 2 with SGD: the second step is `ddpo_loss`'s gradient at the moved
+    params with the behaviour log-probs of the params before the update (the clip binds)."""
+    sampler, apply_fn = SAMPLERS["flow"]
+    params = mlp_params(jax.random.key(0))
+    batch = make_batch(apply_fn, params, sampler, jax.random.key(1))
+    behaviour = batch.pop("log_probs")  # the rollout's: the same params
+    lr, config = 0.5, D.DDPOConfig(num_generations=G, clip_param=0.005, max_grad_norm=None,
+                                   num_iterations=2)  # fmt: skip
+    algo = D.ddpo(apply_fn, sampler, optax.sgd(lr), config)
+    state, m = jax.jit(algo.update)(algo.init(params), batch)
+
+    def grad(p, b):
+        return jax.grad(lambda p: D.ddpo_loss(p, b, apply_fn, sampler, config)[0])(p)
+
+    p1 = jax.tree.map(lambda p, g: p - lr * g, params, jax.jit(grad)(params, batch))
+    g2 = jax.jit(grad)(p1, {**batch, "log_probs": behaviour})
+    p2 = jax.tree.map(lambda p, g: p - lr * g, p1, g2)
+    assert float(m["clip_fraction"]) > 0.02  # the second iteration clips
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(p2), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
