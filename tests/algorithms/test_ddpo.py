@@ -305,23 +305,24 @@ def test_kl_regularised_optimum_is_the_exponential_tilt():
     np.testing.assert_allclose(target, tilt, atol=0.01)
     np.testing.assert_allclose(chain_var, np.asarray(S**2), atol=0.01)
 
-    n_updates = 300
+    n_updates = 600
     lr = optax.cosine_decay_schedule(0.05, n_updates)
     config = D.DDPOConfig(
         num_generations=group, clip_param=0.2, beta=beta, reduction="sum",
         scale_rewards="none", advantage_clip=None, max_grad_norm=None,
     )  # fmt: skip
     algo = D.ddpo(apply_fn, sampler, optax.adam(lr), config)
-    run = jax.jit(train_loop(apply_fn, sampler, algo, n_updates, (256, 2), "sum"))
+    run = jax.jit(train_loop(apply_fn, sampler, algo, n_updates, (512, 2), "sum"))
     state, metrics = run(jax.random.key(0), jnp.zeros((10, 2)))
-    samples, _ = jax.jit(lambda k: rollout.rollout(apply_fn, state.params, sampler, k, (20000, 2),
+    samples, _ = jax.jit(lambda k: rollout.rollout(apply_fn, state.params, sampler, k, (100000, 2),
                                                    reduction="sum"))(jax.random.key(1))  # fmt: skip
     x = np.asarray(samples, np.float64)
     before = np.abs(np.asarray(MU) - target).max()
-    # 20,000 draws: the mean's standard error is <= 0.007.
-    # Measured: 0.002 from the target (seed 0), which is 0.236 from the base mean.
+    # 100,000 draws: the mean's standard error is <= 0.0032.
+    # Measured 0.001-0.007 from the target over seeds 0-5 (~1 s a run once compiled);
+    # the base mean is 0.236 from it.
     assert np.abs(x.mean(0) - target).max() < 0.02, (x.mean(0), target, before)
-    np.testing.assert_allclose(x.var(0), np.asarray(S**2), rtol=0.06)
+    np.testing.assert_allclose(x.var(0), np.asarray(S**2), rtol=0.03)
     assert np.all(np.isfinite(np.asarray(metrics["loss"])))
 
 
