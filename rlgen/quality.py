@@ -25,7 +25,13 @@ import numpy as np
 
 from rlgen import _checks
 
-__all__ = ["digit_frechet_floor", "digit_quality", "frechet_distance", "kernel_mmd"]
+__all__ = [
+    "digit_class_frechet",
+    "digit_frechet_floor",
+    "digit_quality",
+    "frechet_distance",
+    "kernel_mmd",
+]
 
 
 def _features_2d(x, name: str) -> np.ndarray:
@@ -171,6 +177,35 @@ def digit_quality(images, labels=None) -> dict[str, float]:
         _checks.check_ids(labels, 10, "labels")
         out["class_share"] = float(np.mean(probs.argmax(-1) == labels))
     return out
+
+
+@functools.cache
+def _class_features(digit: int) -> np.ndarray:
+    from rlgen.datasets import SPLITS, load_digits
+
+    images = [x[y == digit] for x, y in (load_digits(split) for split in SPLITS)]
+    return _classify(np.concatenate(images))[0]
+
+
+def digit_class_frechet(images, digit: int) -> float:
+    """The Fréchet distance of ``images [N, 8, 8]`` (0..16) to the real digits of one class.
+
+    In the digit classifier's features (as `digit_quality`), against every real digit of
+    class ``digit`` (both splits, about 180): how much a model's drawings of that digit
+    look like real ones. A model drawing good digits of the class scores far lower than
+    one drawing other digits or artefacts the classifier happens to accept.
+
+    Example:
+      >>> from rlgen.datasets import load_digits
+      >>> images, labels = load_digits("test")
+      >>> digit_class_frechet(images[labels == 3], 3) < digit_class_frechet(images[labels == 8], 3)
+      True
+    """
+    images = _digits_images(images)
+    digit = _checks.check_int(digit, "digit", low=0)
+    if digit >= 10:
+        raise ValueError(f"`digit` must be a class id in [0, 10), got {digit}")
+    return frechet_distance(_classify(images)[0], _class_features(digit))
 
 
 @functools.cache

@@ -149,5 +149,24 @@ RECIPES: dict[str, Recipe] = {
             _DIGITS_REPORT + "; drawn as the requested class {class_share_after:.0%}",
         ),
         _digits("energy", "train an energy-based model on the digits", "EnergyDigitsConfig"),
+        Recipe(
+            name="diffusion-grpo",
+            help="fine-tune the digit diffusion model with RL to draw one chosen digit",
+            description=(
+                "Pretrain (or restore) the digit diffusion model, then fine-tune its sampler "
+                "with RL (--method) so that it draws the digit --target, the reward being the "
+                "digit classifier's probability of that digit; report the share of samples "
+                "drawn as the target and their quality before and after."
+            ),
+            module="rlgen.recipes.diffusion_grpo",
+            config="DiffusionGRPOConfig",
+            report=(
+                "{method}: samples drawn as a {target}: {target_share_before:.0%} -> "
+                "{target_share_after:.0%}; Fréchet distance to real {target}s "
+                "{frechet_target_before:.1f} -> {frechet_target_after:.1f} (the pretrained "
+                "model asked for a {target}: {frechet_target_conditional:.1f}) in {seconds:.0f} s"
+            ),
+            checkpoint_every=50,
+        ),
     )
 }

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlgen import _checks, rewards
+from rlgen.algorithms.ddpo import DDPOConfig, ddpo
 from rlgen.generative import rollout as rollout_lib
 from rlgen.trainers.base import Trainer
 
@@ -218,3 +219,40 @@ class _DenoisingRLTrainer(Trainer):
             raise TypeError(f"`reward_fn` must be callable, got {type(reward_fn).__name__}")
         step = lambda batch: self.train_step(batch, reward_fn)  # noqa: E731
         return self._fit(data, step, num_steps, callbacks, num_epochs)
+
+
+class DDPOTrainer(_DenoisingRLTrainer):
+    """DDPO / Flow-GRPO (`rlgen.algorithms.ddpo`) on an NNX denoiser (module doc).
+
+    ``DDPOTrainer(model, optimizer, sampler, DDPOConfig(...))``; ``train_step(batch)`` with
+    `rlgen.generative.rollout.rollout`'s keys plus ``rewards``, or
+    ``train_step({"labels": [P]} or {"num_prompts": P}, reward_fn, key)`` to sample
+    ``num_generations`` trajectories per condition with the current parameters, score them
+    and update. The behaviour's log-probs are recomputed in the update (exactly the
+    sampling policy's, so the first ratio is exactly 1). Metrics:
+    `rlgen.algorithms.ddpo.METRICS`.
+
+    Example:
+      >>> import optax
+      >>> from flax import nnx
+      >>> from rlgen.models import MLPDenoiser
+      >>> from rlgen.generative.rollout import FlowSampler
+      >>> model = MLPDenoiser(2, hidden=16, depth=1, rngs=nnx.Rngs(0))
+      >>> opt = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+      >>> trainer = DDPOTrainer(model, opt, FlowSampler(num_steps=4),
+      ...                       DDPOConfig(num_generations=8))
+      >>> reward = lambda samples, labels=None: samples[:, 0]
+      >>> metrics = trainer.train_step({"num_prompts": 2}, reward, jax.random.key(0))
+      >>> float(metrics["ratio_mean"]), float(metrics["kl"])
+      (1.0, 0.0)
+    """
+
+    config_type = DDPOConfig
+    factory = staticmethod(ddpo)
+
+    def make_algorithm(self, merge):
+        return ddpo(self.apply_fn(merge), self.sampler, self.tx, self.config, seed=self.seed)
+
+    def experience(self, samples, batch, scores, group):
+        batch = {k: v for k, v in batch.items() if k != "log_probs"}  # recomputed on-policy
+        return {**batch, "rewards": scores, "group_size": group}
