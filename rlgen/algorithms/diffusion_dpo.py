@@ -124,9 +124,7 @@ def _check_pairs(batch):
     chosen = _checks.float_array(
         batch["chosen"], "chosen", min_rank=2, what="([B, ...], the preferred samples)"
     )
-    rejected = _checks.float_array(
-        batch["rejected"], "rejected", shape=chosen.shape, like="chosen"
-    )
+    rejected = _checks.float_array(batch["rejected"], "rejected", shape=chosen.shape, like="chosen")
     labels = _checks.check_labels(batch.get("labels"), None, chosen.shape[0])
     return chosen, rejected.astype(chosen.dtype), labels
 
@@ -170,7 +168,9 @@ def diffusion_dpo_loss(
       params: the policy's parameters (differentiated).
       ref_params: the frozen reference's parameters (not differentiated).
       batch: ``{"chosen": [B, ...], "rejected": [B, ...], "labels": [B] (optional)}``.
-      key: PRNG key for the pairs' times and noise (one of each per pair).
+      key: PRNG key for the pairs' times and noise (one of each per pair):
+        ``t_key, noise_key = jax.random.split(key)``, ``t = sampler.training_time(t_key,
+        B)``, ``noise = jax.random.normal(noise_key, chosen.shape)``.
       apply_fn: ``apply_fn(params, x [B, ...], time [B], labels or None) -> [B, ...]``.
       sampler: a `DiffusionSampler` or `FlowSampler` (its forward process and target).
       config: a `DiffusionDPOConfig`.
@@ -196,9 +196,7 @@ def diffusion_dpo_loss(
     noise = jax.random.normal(noise_key, chosen.shape, chosen.dtype)
     args = (chosen, rejected, labels, t, noise)
     err_w, err_l = denoising_errors(apply_fn, sampler, params, *args)
-    ref_w, ref_l = jax.lax.stop_gradient(
-        denoising_errors(apply_fn, sampler, ref_params, *args)
-    )
+    ref_w, ref_l = jax.lax.stop_gradient(denoising_errors(apply_fn, sampler, ref_params, *args))
     out = ops.preference_loss(
         -err_w,
         -err_l,

@@ -185,7 +185,9 @@ def test_lv_copies_are_the_last_step_from_renoised_samples(name):
     labels = jnp.arange(B) % 3
     key = jax.random.key(0)
     config = D.DRaFTConfig(method="draft-lv", lv_samples=3)
-    x0, tiled = D.draft_samples(apply_fn, sampler, params, noise, labels, key, config)
+    x0, tiled = jax.jit(
+        lambda p: D.draft_samples(apply_fn, sampler, p, noise, labels, key, config)
+    )(params)
     assert x0.shape == (3 * B, 2)
     np.testing.assert_array_equal(tiled, jnp.tile(labels, 3))
     ts, tn = sampler.times()
