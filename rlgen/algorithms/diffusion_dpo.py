@@ -82,7 +82,6 @@ class DiffusionDPOConfig:
       loss_type: one of `LOSS_TYPES` ("sigmoid": the paper's loss).
       label_smoothing: the preference flip rate ``e`` of "sigmoid" (cDPO) and "robust".
       max_grad_norm: global-norm gradient clipping (None: none).
-      seed: seeds the state's PRNG key (the pairs' times and noise).
 
     Example:
       >>> DiffusionDPOConfig(beta=100.0).loss_type
@@ -97,7 +96,6 @@ class DiffusionDPOConfig:
     loss_type: str = _checks.option("sigmoid", LOSS_TYPES)
     label_smoothing: float = 0.0
     max_grad_norm: float | None = 1.0
-    seed: int = 0
 
     def __post_init__(self):
         _checks.check_range(self.beta, "beta", 0.0, low_open=True)
@@ -105,7 +103,6 @@ class DiffusionDPOConfig:
         ops.check_loss_settings(self.loss_type, self.label_smoothing)
         if self.max_grad_norm is not None:
             _checks.check_range(self.max_grad_norm, "max_grad_norm", 0.0, low_open=True)
-        _checks.check_int(self.seed, "seed")
 
 
 class DiffusionDPOState(NamedTuple):
@@ -226,10 +223,12 @@ def diffusion_dpo(
     sampler,
     optimizer: optax.GradientTransformation,
     config: DiffusionDPOConfig = DiffusionDPOConfig(),
+    *,
+    seed: int = 0,
 ) -> base.Algorithm:
     """Diffusion-DPO (Wallace et al. 2023, arXiv 2311.12908) as an `Algorithm(init, update)`.
 
-    ``init(params)`` keeps the optimiser state, a PRNG key seeded by ``config.seed`` and a
+    ``init(params)`` keeps the optimiser state, a PRNG key seeded by ``seed`` and a
     frozen copy of ``params`` as the reference (`rlgen.algorithms.reference`).
     ``update(state, batch)`` draws one time and one noise per pair, differentiates
     `diffusion_dpo_loss`, clips the gradient's global norm to ``max_grad_norm`` and takes
@@ -241,6 +240,7 @@ def diffusion_dpo(
       sampler: a `DiffusionSampler` or `FlowSampler`.
       optimizer: an optax transformation.
       config: a `DiffusionDPOConfig`.
+      seed: seeds the state's PRNG key.
 
     Example:
       >>> from rlgen.generative.rollout import FlowSampler
@@ -270,7 +270,7 @@ def diffusion_dpo(
             params,
             tx.init(params),
             jnp.zeros((), jnp.int32),
-            jax.random.key(config.seed),
+            jax.random.key(seed),
             reference.init(params, "initial"),
         )
 

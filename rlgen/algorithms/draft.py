@@ -93,8 +93,6 @@ class DRaFTConfig:
         activations in the backward pass; the same gradient, less memory).
       reward_scale: the loss is ``-reward_scale * mean reward``.
       max_grad_norm: global-norm gradient clipping (None: none).
-      seed: seeds the state's PRNG key (the sampler's noise, ReFL's stop, DRaFT-LV's
-        re-noising).
 
     Example:
       >>> DRaFTConfig(method="refl", refl_max_step=5).refl_max_step
@@ -114,7 +112,6 @@ class DRaFTConfig:
     checkpoint: bool = True
     reward_scale: float = 1.0
     max_grad_norm: float | None = 1.0
-    seed: int = 0
 
     def __post_init__(self):
         _checks.check_options(self)
@@ -137,7 +134,6 @@ class DRaFTConfig:
         _checks.check_range(self.reward_scale, "reward_scale", 0.0, low_open=True)
         if self.max_grad_norm is not None:
             _checks.check_range(self.max_grad_norm, "max_grad_norm", 0.0, low_open=True)
-        _checks.check_int(self.seed, "seed")
 
     def check_sampler(self, sampler) -> None:
         """ValueError when the step counts do not fit ``sampler``'s ``num_steps``."""
@@ -320,10 +316,12 @@ def draft(
     reward_fn: Callable,
     optimizer: optax.GradientTransformation,
     config: DRaFTConfig = DRaFTConfig(),
+    *,
+    seed: int = 0,
 ) -> base.Algorithm:
     """DRaFT-K, DRaFT-LV or ReFL (`DRaFTConfig.method`) as an `Algorithm(init, update)`.
 
-    ``init(params)`` keeps the optimiser state and a PRNG key seeded by ``config.seed``.
+    ``init(params)`` keeps the optimiser state and a PRNG key seeded by ``seed``.
     ``update(state, batch)`` samples from ``batch["noise"]`` with the current parameters,
     differentiates ``draft_loss`` (module doc: Clark et al. 2023, arXiv 2309.17400; Xu et
     al. 2023, arXiv 2304.05977), clips the gradient's global norm to ``max_grad_norm`` and
@@ -340,6 +338,7 @@ def draft(
         differentiable in ``x0``.
       optimizer: an optax transformation.
       config: a `DRaFTConfig`.
+      seed: seeds the state's PRNG key.
 
     Example:
       >>> from rlgen.generative.rollout import FlowSampler
@@ -368,7 +367,7 @@ def draft(
     tx = base.with_grad_clipping(optimizer, config.max_grad_norm)
 
     def init(params):
-        key = jax.random.key(config.seed)
+        key = jax.random.key(seed)
         return DRaFTState(params, tx.init(params), jnp.zeros((), jnp.int32), key)
 
     def update(state: DRaFTState, batch):

@@ -38,6 +38,8 @@ import numpy as np
 
 from rlgen import _checks, rewards
 from rlgen.algorithms.ddpo import DDPOConfig, ddpo
+from rlgen.algorithms.diffusion_dpo import DiffusionDPOConfig, diffusion_dpo
+from rlgen.algorithms.draft import DRaFTConfig, draft
 from rlgen.generative import rollout as rollout_lib
 from rlgen.trainers.base import Trainer
 
@@ -101,7 +103,9 @@ class _DenoisingRLTrainer(Trainer):
         return lambda params, x, t, labels: merge(params)(x, t, labels)
 
     def make_algorithm(self, merge):
-        return self.factory(self.apply_fn(merge), self.sampler, self.tx, self.config)
+        return self.factory(
+            self.apply_fn(merge), self.sampler, self.tx, self.config, seed=self.seed
+        )
 
     def sampling_params(self):
         """The parameters the sampler draws with (the current policy's)."""
@@ -155,6 +159,10 @@ class _DenoisingRLTrainer(Trainer):
         )
 
     # ------------------------------------------------------------------ steps
+    def _group(self) -> int:
+        """Samples drawn per condition online (the config's ``num_generations``)."""
+        return self.config.num_generations
+
     def experience(self, samples, batch, scores, group: int) -> dict[str, Any]:
         """The algorithm's batch from a rollout and its rewards (subclasses refine it)."""
         return {**batch, "rewards": scores, "group_size": group}
@@ -194,7 +202,7 @@ class _DenoisingRLTrainer(Trainer):
         if not self.online:
             raise ValueError(f"{type(self).__name__} takes no `reward_fn` in train_step")
         prompts, labels = self._conditions(batch)
-        group = self.config.num_generations
+        group = self._group()
         num = prompts * group
         if labels is not None:
             labels = jnp.repeat(labels, group)
@@ -250,9 +258,117 @@ class DDPOTrainer(_DenoisingRLTrainer):
     config_type = DDPOConfig
     factory = staticmethod(ddpo)
 
-    def make_algorithm(self, merge):
-        return ddpo(self.apply_fn(merge), self.sampler, self.tx, self.config, seed=self.seed)
-
     def experience(self, samples, batch, scores, group):
         batch = {k: v for k, v in batch.items() if k != "log_probs"}  # recomputed on-policy
         return {**batch, "rewards": scores, "group_size": group}
+
+
+class DRaFTTrainer(_DenoisingRLTrainer):
+    """DRaFT-K, DRaFT-LV and ReFL (`rlgen.algorithms.draft`): a differentiable reward
+    back-propagated through the last sampler steps (module doc).
+
+    ``DRaFTTrainer(model, optimizer, sampler, reward_fn, DRaFTConfig(...))`` with
+    ``reward_fn(samples [B, ...], labels [B] or None) -> [B]`` differentiable (e.g.
+    `rlgen.rewards.ClassifierReward` with ``output="log_probability"``).
+    ``train_step(batch)`` takes ``{"noise": [B, ...], "labels": optional [B]}`` (the update
+    samples from that noise itself) or the conditions ``{"labels": [P]}`` /
+    ``{"num_prompts": P}``, for which the noise is drawn from `next_key()`. Metrics:
+    `rlgen.algorithms.draft.METRICS`.
+
+    Example:
+      >>> import optax
+      >>> from flax import nnx
+      >>> from rlgen.models import MLPDenoiser
+      >>> from rlgen.generative.rollout import FlowSampler
+      >>> model = MLPDenoiser(2, hidden=16, depth=1, rngs=nnx.Rngs(0))
+      >>> opt = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+      >>> reward = lambda samples, labels=None: -jnp.sum(samples**2, axis=-1)
+      >>> trainer = DRaFTTrainer(model, opt, FlowSampler(num_steps=4), reward)
+      >>> sorted(trainer.train_step({"num_prompts": 8}))[:2]
+      ['grad_norm', 'loss']
+    """
+
+    config_type = DRaFTConfig
+    online = False
+
+    def __init__(self, model, optimizer, sampler, reward_fn, config=None, **kwargs):
+        if not callable(reward_fn):
+            raise TypeError(f"`reward_fn` must be callable, got {type(reward_fn).__name__}")
+        self.reward_fn = reward_fn
+        super().__init__(model, optimizer, sampler, config, **kwargs)
+
+    def make_algorithm(self, merge):
+        return draft(
+            self.apply_fn(merge), self.sampler, self.reward_fn, self.tx, self.config,
+            seed=self.seed,
+        )
+
+    def train_step(self, batch, reward_fn=None, key=None):
+        """One update on ``{"noise", "labels"}``, or on conditions (noise drawn here)."""
+        if reward_fn is not None or key is not None:
+            raise ValueError(
+                "DRaFTTrainer's reward is given at construction; train_step(batch) takes no "
+                "`reward_fn` or `key`"
+            )
+        if isinstance(batch, Mapping) and "noise" not in batch:
+            num, labels = self._conditions(batch)
+            noise = jax.random.normal(self.next_key(), (num, *self.data_shape), jnp.float32)
+            batch = {"noise": noise} if labels is None else {"noise": noise, "labels": labels}
+        return self._run_update(batch)
+
+    def fit(self, data, num_steps=None, callbacks=(), *, reward_fn=None, num_epochs=1):
+        """`Trainer.fit` over batches of noise or of conditions (`train_step`)."""
+        if reward_fn is not None:
+            raise ValueError("DRaFTTrainer's reward is given at construction, not to fit")
+        return self._fit(data, self.train_step, num_steps, callbacks, num_epochs)
+
+    @property
+    def reduction(self) -> str:
+        return "mean"  # sampling only; DRaFT has no log-probs
+
+
+class DiffusionDPOTrainer(_DenoisingRLTrainer):
+    """Diffusion-DPO (`rlgen.algorithms.diffusion_dpo`) from preference pairs (module doc).
+
+    ``train_step(batch)`` with ``chosen``, ``rejected`` (``[B, ...]``, the model's data
+    scale) and optional ``labels``; or, online, ``train_step(conditions, reward_fn, key)``
+    draws two samples per condition with the current policy and prefers the one
+    ``reward_fn`` scores higher. Metrics: `rlgen.algorithms.diffusion_dpo.METRICS`.
+
+    Example:
+      >>> import optax
+      >>> from flax import nnx
+      >>> from rlgen.models import MLPDenoiser
+      >>> from rlgen.generative.rollout import FlowSampler
+      >>> from rlgen.algorithms.diffusion_dpo import DiffusionDPOConfig
+      >>> model = MLPDenoiser(2, hidden=16, depth=1, rngs=nnx.Rngs(0))
+      >>> opt = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+      >>> trainer = DiffusionDPOTrainer(model, opt, FlowSampler(), DiffusionDPOConfig(beta=5.0))
+      >>> batch = {"chosen": jnp.ones((4, 2)), "rejected": -jnp.ones((4, 2))}
+      >>> round(float(trainer.train_step(batch)["loss"]), 4)  # policy == reference
+      0.6931
+    """
+
+    config_type = DiffusionDPOConfig
+    factory = staticmethod(diffusion_dpo)
+    static_batch_keys = ()
+    #: Samples drawn per condition online: one pair.
+    pair = 2
+
+    @property
+    def reduction(self) -> str:
+        return "mean"  # sampling only; Diffusion-DPO has no log-probs
+
+    def _group(self) -> int:
+        return self.pair
+
+    def experience(self, samples, batch, scores, group):
+        pairs = samples.reshape(-1, 2, *samples.shape[1:])
+        first_wins = (scores[0::2] >= scores[1::2]).reshape((-1,) + (1,) * len(self.data_shape))
+        out = {
+            "chosen": jnp.where(first_wins, pairs[:, 0], pairs[:, 1]),
+            "rejected": jnp.where(first_wins, pairs[:, 1], pairs[:, 0]),
+        }
+        if "labels" in batch:
+            out["labels"] = batch["labels"][0::2]
+        return out
