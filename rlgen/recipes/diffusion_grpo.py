@@ -44,21 +44,39 @@ from flax import nnx
 
 from rlgen import _checks, datasets, quality
 from rlgen.algorithms.ddpo import DDPOConfig
+from rlgen.algorithms.diffusion_dpo import DiffusionDPOConfig
+from rlgen.algorithms.draft import DRaFTConfig
 from rlgen.generative.rollout import DiffusionSampler, stochastic_window
 from rlgen.models.classifier import load_digit_classifier
 from rlgen.recipes import digits
 from rlgen.recipes.digits import diffusion as digits_diffusion
 from rlgen.rewards import ClassifierReward
-from rlgen.trainers.denoising_rl import DDPOTrainer
+from rlgen.trainers.denoising_rl import DDPOTrainer, DiffusionDPOTrainer, DRaFTTrainer
 
 # ----------------------------------------------------------------------------------------
 # 1. The settings
 # ----------------------------------------------------------------------------------------
 
-#: The fine-tuning methods of ``--method``: "grpo" (DDPO / Flow-GRPO's clipped ratio at
-#: every step, `rlgen.algorithms.ddpo`), "grpo-fast" (the same on a window of stochastic
-#: steps inside a deterministic DDIM trajectory, Flow-GRPO-Fast / MixGRPO).
-METHODS = ("grpo", "grpo-fast")
+#: The fine-tuning methods of ``--method`` (each a trainer of `rlgen.trainers.denoising_rl`):
+#:
+#: * "grpo": DDPO / Flow-GRPO, the clipped ratio at every step (`rlgen.algorithms.ddpo`);
+#: * "grpo-fast": the same on a window of ``window`` stochastic steps inside a
+#:   deterministic DDIM trajectory, sliding over the first half (Flow-GRPO-Fast, MixGRPO);
+#: * "draft": DRaFT-1, the reward's log-probability back-propagated through the last step
+#:   of the deterministic sampler (`rlgen.algorithms.draft`);
+#: * "refl": ReFL, the reward of the one-step estimate from a random late step;
+#: * "dpo": online Diffusion-DPO, pairs of samples ranked by the reward
+#:   (`rlgen.algorithms.diffusion_dpo`).
+METHODS = ("grpo", "grpo-fast", "draft", "refl", "dpo")
+#: Each method's learning rate and number of updates (``--learning-rate`` and ``--steps``
+#: override them).
+METHOD_DEFAULTS = {
+    "grpo": {"learning_rate": 1e-4, "steps": 200},
+    "grpo-fast": {"learning_rate": 1e-4, "steps": 200},
+    "draft": {"learning_rate": 1e-4, "steps": 200},
+    "refl": {"learning_rate": 1e-4, "steps": 200},
+    "dpo": {"learning_rate": 1e-4, "steps": 200},
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,9 +94,10 @@ class DiffusionGRPOConfig:
       eta: DDIM's stochasticity of the policy's steps (1: DDPM's variance).
       window: ``grpo-fast``: the stochastic (trained) steps, a window sliding over the
         first ``K / 2`` steps as training goes.
-      steps: fine-tuning updates.
-      batch_size: samples per update (one group: every sample has the same condition).
-      learning_rate: Adam's step size.
+      steps: fine-tuning updates (0: the method's default, `METHOD_DEFAULTS`).
+      batch_size: samples per update (one group: every sample has the same condition;
+        ``dpo``: ``batch_size / 2`` pairs).
+      learning_rate: Adam's step size (0: the method's default).
       beta: the KL coefficient to the pretrained model (closed form, per step).
       clip_param: the per-step ratio's clip range (``reduction="mean"``).
       num_samples: samples judged before and after.
@@ -92,10 +111,10 @@ class DiffusionGRPOConfig:
     sample_steps: int = 20
     eta: float = 1.0
     window: int = 4
-    steps: int = 100
+    steps: int = 0
     batch_size: int = 64
-    learning_rate: float = 3e-4
-    beta: float = 0.0
+    learning_rate: float = 0.0
+    beta: float = 0.1
     clip_param: float = 1e-3
     num_samples: int = 500
 
@@ -109,18 +128,32 @@ class DiffusionGRPOConfig:
             )
         if not isinstance(self.pretrained, str):
             raise TypeError(f"`pretrained` must be a path (str), got {self.pretrained!r}")
-        for name in ("pretrain_steps", "sample_steps", "window", "steps"):
+        for name in ("pretrain_steps", "sample_steps", "window"):
             _checks.check_positive_int(getattr(self, name), name)
+        _checks.check_int(self.steps, "steps", low=0)
         _checks.check_positive_int(self.batch_size, "batch_size", low=2)
+        if self.method == "dpo" and self.batch_size % 2:
+            raise ValueError(f"`batch_size` must be even for dpo (pairs), got {self.batch_size}")
         _checks.check_positive_int(self.num_samples, "num_samples", low=2)
         _checks.check_range(self.eta, "eta", 0.0, low_open=True)
-        _checks.check_range(self.learning_rate, "learning_rate", 0.0, low_open=True)
+        _checks.check_range(self.learning_rate, "learning_rate", 0.0)
         _checks.check_range(self.beta, "beta", 0.0)
         _checks.check_range(self.clip_param, "clip_param", 0.0, low_open=True)
+        if self.method == "grpo-fast" and 2 * self.window > self.sample_steps:
+            raise ValueError(
+                f"`window` must be at most half of sample_steps = {self.sample_steps} (it "
+                f"slides over the first half of the steps), got {self.window}"
+            )
         if self.window > self.sample_steps:
             raise ValueError(
                 f"`window` must be <= sample_steps = {self.sample_steps}, got {self.window}"
             )
+
+
+def resolved(config: DiffusionGRPOConfig, name: str):
+    """``steps`` or ``learning_rate``: the config's value, or the method's default when 0."""
+    value = getattr(config, name)
+    return value if value else METHOD_DEFAULTS[config.method][name]
 
 
 # ----------------------------------------------------------------------------------------
@@ -174,26 +207,50 @@ def build_sampler(config: DiffusionGRPOConfig, schedule) -> DiffusionSampler:
 
 def build_trainer(config: DiffusionGRPOConfig, model, sampler, mesh=None):
     """The fine-tuning trainer of ``config.method`` with Adam."""
-    optimizer = nnx.Optimizer(model, optax.adam(config.learning_rate), wrt=nnx.Param)
-    fast = config.method == "grpo-fast"
-    ddpo = DDPOConfig(
-        num_generations=config.batch_size,
-        clip_param=config.clip_param,
-        beta=config.beta,
-        num_train_steps=config.window if fast else None,
-    )
-    return DDPOTrainer(model, optimizer, sampler, ddpo, seed=config.seed, mesh=mesh)
+    optimizer = nnx.Optimizer(model, optax.adam(resolved(config, "learning_rate")), wrt=nnx.Param)
+    common = dict(seed=config.seed, mesh=mesh)
+    if config.method in ("grpo", "grpo-fast"):
+        fast = config.method == "grpo-fast"
+        ddpo = DDPOConfig(
+            num_generations=config.batch_size,
+            clip_param=config.clip_param,
+            beta=config.beta,
+            num_train_steps=config.window if fast else None,
+        )
+        return DDPOTrainer(model, optimizer, sampler, ddpo, **common)
+    if config.method in ("draft", "refl"):
+        reward = ClassifierReward(digit_logits, config.target, output="log_probability")
+        settings = DRaFTConfig(
+            method=config.method,
+            refl_max_step=max(1, config.sample_steps // 2),
+        )
+        return DRaFTTrainer(model, optimizer, sampler, reward, settings, **common)
+    return DiffusionDPOTrainer(model, optimizer, sampler, DiffusionDPOConfig(beta=50.0), **common)
 
 
 class _Conditions:
-    """The fine-tuning batches: unconditional, one group of ``batch_size`` per step (and,
-    for ``grpo-fast``, the window's position)."""
+    """The fine-tuning batches: unconditional samples, ``batch_size`` per step (for
+    ``grpo-fast`` with the window of stochastic steps, sliding one step per update over
+    the first half of the trajectory)."""
 
     def __init__(self, config: DiffusionGRPOConfig):
         self.config = config
 
     def __call__(self, step: int):
-        return itertools.repeat({"num_prompts": 1})
+        c = self.config
+        if c.method == "dpo":
+            prompts = {"num_prompts": c.batch_size // 2}
+        elif c.method in ("draft", "refl"):
+            prompts = {"num_prompts": c.batch_size}
+        else:
+            prompts = {"num_prompts": 1}
+        if c.method != "grpo-fast":
+            yield from itertools.repeat(prompts)
+        positions = c.sample_steps // 2 - c.window + 1
+        while True:
+            yield {**prompts, "stochastic": stochastic_window(c.sample_steps, step % positions,
+                                                              c.window)}
+            step += 1
 
 
 # ----------------------------------------------------------------------------------------
@@ -258,9 +315,9 @@ def run(config: DiffusionGRPOConfig, folder) -> dict[str, Any]:
         config.method,
         trainer,
         _Conditions(config),
-        config.steps,
-        show=("mean_reward", "kl"),
-        reward_fn=reward,
+        resolved(config, "steps"),
+        show=("mean_reward",),
+        **({} if config.method in ("draft", "refl") else {"reward_fn": reward}),
     )
     rl_seconds = round(time.perf_counter() - t0, 1)
 

@@ -43,8 +43,9 @@ from rlgen.algorithms.draft import DRaFTConfig, draft
 from rlgen.generative import rollout as rollout_lib
 from rlgen.trainers.base import Trainer
 
-#: The keys of an online step's ``conditions`` (one of the two).
-CONDITION_KEYS = ("labels", "num_prompts")
+#: The keys of an online step's ``conditions``: one of the first two, optionally
+#: ``stochastic`` (``[K]``, the steps that draw noise: an SDE window).
+CONDITION_KEYS = ("labels", "num_prompts", "stochastic")
 
 
 class _DenoisingRLTrainer(Trainer):
@@ -168,7 +169,8 @@ class _DenoisingRLTrainer(Trainer):
         return {**batch, "rewards": scores, "group_size": group}
 
     def _conditions(self, conditions) -> tuple[int, Any]:
-        if not isinstance(conditions, Mapping) or len(set(conditions) & set(CONDITION_KEYS)) != 1:
+        which = set(conditions) & set(CONDITION_KEYS[:2]) if isinstance(conditions, Mapping) else ()
+        if len(which) != 1:
             got = sorted(conditions) if isinstance(conditions, Mapping) else type(conditions)
             raise ValueError(
                 "with `reward_fn`, the batch must be {'labels': [P] int} (a class-conditional "
@@ -191,7 +193,8 @@ class _DenoisingRLTrainer(Trainer):
 
         Args:
           batch: the algorithm's batch keys; with ``reward_fn``, the conditions
-            (``{"labels": [P]}`` or ``{"num_prompts": P}``).
+            (``{"labels": [P]}`` or ``{"num_prompts": P}``, optionally ``"stochastic"``:
+            ``[K]`` the steps that draw noise, `rlgen.generative.rollout.stochastic_window`).
           reward_fn: ``reward_fn(samples, labels or None) -> [N]`` rewards.
           key: PRNG key for sampling (default: `next_key()`).
         """
@@ -207,7 +210,7 @@ class _DenoisingRLTrainer(Trainer):
         if labels is not None:
             labels = jnp.repeat(labels, group)
         key = self.next_key() if key is None else key
-        samples, record = self.rollout(num, key, labels)
+        samples, record = self.rollout(num, key, labels, stochastic=batch.get("stochastic"))
         scores = rewards.call_reward(reward_fn, samples, labels)
         return self._run_update(self.experience(samples, record, scores, group))
 
