@@ -171,6 +171,27 @@ def test_at_the_old_policy_the_gradient_is_label_weighted_denoising(name, beta):
             np.testing.assert_allclose(grads[k], expected[k], rtol=1e-4, atol=1e-5)
 
 
+def test_adaptive_weights_are_constants_of_the_gradient():
+    """At theta = old both branches have the same x0 error, hence the same adaptive weight
+    1 / mean|x0(u) - x_0| (a stopped gradient): the gradient is the (2 r - 1)-weighted
+    gradient of mean_d (x0(u) - x_0)^2 / sg(mean_d |x0(u) - x_0|)."""
+    sampler = SAMPLERS["flow"]
+    config = N.NFTConfig(beta=0.5)
+    grads = jax.grad(
+        lambda p: N.nft_loss(p, PARAMS, SAMPLES, OPTIMALITY, KEY, linear_model, sampler, config)[0]
+    )(PARAMS)
+
+    def weighted(p):
+        t, x_t, _ = forward_process(sampler)
+        err = sampler.to_x0(sampler.output(linear_model, p, x_t, t), x_t, t) - SAMPLES
+        scale = jax.lax.stop_gradient(jnp.mean(jnp.abs(err), axis=1))
+        return jnp.mean((2 * OPTIMALITY - 1) * jnp.mean(err**2, axis=1) / scale)
+
+    expected = jax.grad(weighted)(PARAMS)
+    for k in ("A", "b"):
+        np.testing.assert_allclose(grads[k], expected[k], rtol=1e-4, atol=1e-5)
+
+
 def test_exponential_labels_weight_the_denoising_loss():
     config = N.NFTConfig(label="exponential", loss_weighting="none")
     weights = jnp.asarray(np.random.default_rng(2).uniform(0.1, 3.0, size=B), jnp.float32)
