@@ -396,9 +396,11 @@ def nft(
     from ``seed``. ``update(state, batch)`` (batch keys: module doc) computes the labels
     (`nft_labels`), takes ``num_iterations`` optimiser steps on `nft_loss` (fresh times
     and noise each), then moves the old policy (`old_decay`; frozen with
-    ``label="exponential"``). Non-finite rewards (`base.check_rewards`), loss or gradients
-    skip the whole update (parameters, optimiser state and old policy unchanged; the step
-    and the key advance) and set the metric ``skipped`` to 1.
+    ``label="exponential"``). Non-finite rewards (`base.check_rewards`) skip the whole
+    update (parameters, optimiser state and old policy unchanged; the step and the key
+    advance); a non-finite loss or gradient skips that optimiser step, the ones after it
+    and the old policy's move (`base.apply_gradients` with ``skip``); either sets the
+    metric ``skipped`` to 1.
 
     The trainer must sample the next batch with ``state.old_params`` (the old policy
     samples), e.g. ``rollout(apply_fn, state.old_params, sampler, key, shape, ...)``.
@@ -465,9 +467,6 @@ def nft(
             (state.params, state.opt_state, n_bad > 0),
             keys[1:],
         )
-        # A skipped iteration restores nothing already taken: restart from the state.
-        params = jax.tree.map(lambda n, o: jnp.where(skip, o, n), params, state.params)
-        opt_state = jax.tree.map(lambda n, o: jnp.where(skip, o, n), opt_state, state.opt_state)
         if config.label == "exponential":
             decay = jnp.ones((), jnp.float32)
             old = state.old_params

@@ -334,6 +334,14 @@ def test_non_finite_rewards_are_refused_eagerly_and_skipped_under_jit():
     good, metrics = STEP(new, _flow_batch(jax.random.key(2)))
     assert float(metrics["skipped"]) == 0.0
     assert np.all(np.isfinite(np.asarray(good.params["shift"])))
+    # a non-finite sample makes the loss non-finite: that step is skipped the same way
+    nan_sample = _flow_batch(jax.random.key(3))
+    nan_sample["samples"] = nan_sample["samples"].at[0, 0].set(jnp.inf)
+    nan_sample["rewards"] = jnp.zeros(16)
+    kept, metrics = STEP(good, nan_sample)
+    assert float(metrics["skipped"]) == 1.0
+    for field in ("params", "opt_state", "old_params"):
+        _close(getattr(kept, field), getattr(good, field))
 
 
 def _bad(**changes):
