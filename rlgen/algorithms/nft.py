@@ -20,7 +20,9 @@ The method (one update, samples ``x_0`` drawn by the *old* policy ``v_old``)
    sample a time ``t`` and noise ``e``, ``x_t = noised(x_0, e, t)`` and the output a
    perfect model gives, ``target(x_0, e, t)`` (a velocity for `FlowSampler`, epsilon, x0
    or v for `DiffusionSampler`; all are affine in ``x_0`` given ``x_t``, so mixing outputs
-   is mixing clean-data estimates).
+   is mixing clean-data estimates). The outputs are the sampler's (``sampler.output``),
+   classifier-free guided when its ``guidance_scale`` is not 1 and labels are given (the
+   paper trains without guidance).
 
 3. The implicit policies, from the trained output ``v_theta`` and the old one ``v_old``
    (``beta`` > 0, the paper's mixing strength)::
@@ -38,6 +40,12 @@ The method (one update, samples ``x_0`` drawn by the *old* policy ``v_old``)
    ``x0(u) = sampler.to_x0(u, x_t, t)``, per sample and per branch (``sg``: stop-gradient).
    The reference implementation also multiplies the loss by ``adv_clip_max``, a constant
    learning-rate scale, left out here.
+   The adaptive weighting was made for flow (velocity) models, whose x0 error is at most
+   the output's; with an epsilon-predicting `DiffusionSampler` the x0 error is the
+   epsilon error times ``sigma_t / alpha_t`` (about 2000 at the last step of a 100-step
+   cosine schedule), the few high-noise samples dominate the gradient, and training can
+   drift (measured on a Gaussian: the reward rose, then fell below its start): use
+   ``loss_weighting="none"`` there. v and x0 predictions are well conditioned.
 
 5. The old policy is an exponential moving average of the trained one, updated after
    each update with a decay that grows with the optimiser steps ``k`` taken so far
@@ -150,7 +158,8 @@ class NFTConfig:
         to labels ``1/2 + A / (2 adv_clip_max)`` (5.0).
       scale_rewards: the advantages' scale, `rlgen.ops.ADVANTAGE_SCALES` ("group").
       advantage_eps: added to the advantages' standard deviation (1e-4).
-      loss_weighting: `LOSS_WEIGHTINGS` ("adaptive").
+      loss_weighting: `LOSS_WEIGHTINGS` ("adaptive"; "none" for epsilon-prediction
+        diffusion models, module doc).
       label: `LABELS` ("nft"); "exponential" needs ``beta=1`` and
         ``loss_weighting="none"`` and keeps the old policy frozen at the initial params.
       temperature: ``beta_kl`` of ``label="exponential"``: weights ``exp(R / temperature)``
