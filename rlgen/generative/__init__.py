@@ -21,6 +21,9 @@ module             what it holds
                    Euler and Heun ODE samplers; straightness
 `energy`           SGLD (no gradient through the chain), contrastive divergence, a
                    jittable replay buffer
+`rollout`          samplers as policies for RL: DDIM with eta (DDPO) and the flow's
+                   SDE (Flow-GRPO, DanceGRPO) behind one interface; trajectories with
+                   per-step log-probs; SDE windows
 =================  ===============================================================
 
 The configs are exported here flat (``from rlgen.generative import DiffusionConfig``);
@@ -28,7 +31,7 @@ the rest lives in its family's module (``from rlgen.generative import diffusion`
 ``diffusion.sample_ddim(...)``). The autoregressive loss's parts are exported flat too.
 """
 
-from rlgen.generative import autoregressive, diffusion, energy, flow, gan, vae
+from rlgen.generative import autoregressive, diffusion, energy, flow, gan, rollout, vae
 from rlgen.generative.autoregressive import (
     AutoregressiveConfig,
     next_token_loss,
@@ -54,6 +57,7 @@ __all__ = [
     "flow",
     "gan",
     "next_token_loss",
+    "rollout",
     "scheduled_sampling_inputs",
     "sequence_cross_entropy",
     "vae",

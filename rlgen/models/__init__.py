@@ -9,6 +9,9 @@
 * `MLPVAE`: an MLP encoder and decoder (Gaussian or Bernoulli) for `rlgen.trainers.VAETrainer`.
 * `MLPGenerator`, `MLPDiscriminator`: a GAN's two networks.
 * `MLPEnergy`: an energy ``E(x) -> [B]`` for `rlgen.trainers.EnergyTrainer`.
+* `DenoisingPolicy`: a denoiser and its stochastic sampler as a policy over trajectories
+  (per-step Gaussian log-probs), so `rlgen.trainers.GRPOTrainer` fine-tunes diffusion and
+  flow models unchanged.
 * `DigitClassifier` and `load_digit_classifier`: the shipped 8x8-digit classifier that
   judges the families' samples (`rlgen.quality`) and can serve as a reward.
 
@@ -18,6 +21,7 @@
 
 from rlgen.models.classifier import DigitClassifier, load_digit_classifier
 from rlgen.models.denoiser import MLPDenoiser
+from rlgen.models.denoising_policy import DenoisingPolicy
 from rlgen.models.energy import MLPEnergy
 from rlgen.models.gan import MLPDiscriminator, MLPGenerator
 from rlgen.models.mlp import MLPActorCritic, MLPPolicy
@@ -25,6 +29,7 @@ from rlgen.models.transformer import SamplingConfig, TransformerConfig, Transfor
 from rlgen.models.vae import MLPVAE
 
 __all__ = [
+    "DenoisingPolicy",
     "MLPVAE",
     "DigitClassifier",
     "MLPActorCritic",

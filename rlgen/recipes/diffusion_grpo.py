@@ -46,12 +46,18 @@ from rlgen import _checks, datasets, quality
 from rlgen.algorithms.ddpo import DDPOConfig
 from rlgen.algorithms.diffusion_dpo import DiffusionDPOConfig
 from rlgen.algorithms.draft import DRaFTConfig
+from rlgen.algorithms.nft import NFTConfig
 from rlgen.generative.rollout import DiffusionSampler, stochastic_window
 from rlgen.models.classifier import load_digit_classifier
 from rlgen.recipes import digits
 from rlgen.recipes.digits import diffusion as digits_diffusion
 from rlgen.rewards import ClassifierReward
-from rlgen.trainers.denoising_rl import DDPOTrainer, DiffusionDPOTrainer, DRaFTTrainer
+from rlgen.trainers.denoising_rl import (
+    DDPOTrainer,
+    DiffusionDPOTrainer,
+    DRaFTTrainer,
+    NFTTrainer,
+)
 
 # ----------------------------------------------------------------------------------------
 # 1. The settings
@@ -62,17 +68,20 @@ from rlgen.trainers.denoising_rl import DDPOTrainer, DiffusionDPOTrainer, DRaFTT
 #: * "grpo": DDPO / Flow-GRPO, the clipped ratio at every step (`rlgen.algorithms.ddpo`);
 #: * "grpo-fast": the same on a window of ``window`` stochastic steps inside a
 #:   deterministic DDIM trajectory, sliding over the first half (Flow-GRPO-Fast, MixGRPO);
+#: * "nft": DiffusionNFT, online RL on the forward process (no log-probs; the EMA "old"
+#:   policy samples; `rlgen.algorithms.nft`);
 #: * "draft": DRaFT-1, the reward's log-probability back-propagated through the last step
 #:   of the deterministic sampler (`rlgen.algorithms.draft`);
 #: * "refl": ReFL, the reward of the one-step estimate from a random late step;
 #: * "dpo": online Diffusion-DPO, pairs of samples ranked by the reward
 #:   (`rlgen.algorithms.diffusion_dpo`).
-METHODS = ("grpo", "grpo-fast", "draft", "refl", "dpo")
+METHODS = ("grpo", "grpo-fast", "nft", "draft", "refl", "dpo")
 #: Each method's learning rate and number of updates (``--learning-rate`` and ``--steps``
 #: override them).
 METHOD_DEFAULTS = {
     "grpo": {"learning_rate": 1e-4, "steps": 200},
     "grpo-fast": {"learning_rate": 1e-4, "steps": 200},
+    "nft": {"learning_rate": 1e-4, "steps": 200},
     "draft": {"learning_rate": 1e-4, "steps": 200},
     "refl": {"learning_rate": 1e-4, "steps": 200},
     "dpo": {"learning_rate": 1e-4, "steps": 200},
@@ -218,6 +227,9 @@ def build_trainer(config: DiffusionGRPOConfig, model, sampler, mesh=None):
             num_train_steps=config.window if fast else None,
         )
         return DDPOTrainer(model, optimizer, sampler, ddpo, **common)
+    if config.method == "nft":
+        settings = NFTConfig(num_generations=config.batch_size)
+        return NFTTrainer(model, optimizer, sampler, settings, **common)
     if config.method in ("draft", "refl"):
         reward = ClassifierReward(digit_logits, config.target, output="log_probability")
         settings = DRaFTConfig(

@@ -11,7 +11,12 @@
         ├── REINFORCETrainer
         ├── PPOTrainer
         ├── GRPOTrainer
-        └── DPOTrainer
+        ├── DPOTrainer
+        └── denoising RL           diffusion and flow models (`rlgen.trainers.denoising_rl`)
+            ├── DDPOTrainer        DDPO, Flow-GRPO, Flow-GRPO-Fast/MixGRPO, GRPO-Guard
+            ├── NFTTrainer         DiffusionNFT (forward process)
+            ├── DRaFTTrainer       DRaFT-K, DRaFT-LV, ReFL (reward backpropagation)
+            └── DiffusionDPOTrainer  Diffusion-DPO (preference pairs)
 
 Every trainer is an adapter over one pure `rlgen.algorithms.Algorithm`; a new one defines
 `Trainer.compute_loss` or `Trainer.make_algorithm` (see `Trainer`). What a model must
@@ -21,6 +26,12 @@ provide to the RL trainers is documented once, in `rlgen.trainers.protocol`.
 from rlgen.trainers import protocol
 from rlgen.trainers.autoregressive import AutoregressiveConfig, AutoregressiveTrainer
 from rlgen.trainers.base import Trainer
+from rlgen.trainers.denoising_rl import (
+    DDPOTrainer,
+    DiffusionDPOTrainer,
+    DRaFTTrainer,
+    NFTTrainer,
+)
 from rlgen.trainers.diffusion import DiffusionConfig, DiffusionTrainer
 from rlgen.trainers.energy import EnergyConfig, EnergyTrainer
 from rlgen.trainers.flow import FlowConfig, FlowTrainer
@@ -29,6 +40,10 @@ from rlgen.trainers.rl import DPOTrainer, GRPOTrainer, PPOTrainer, REINFORCETrai
 from rlgen.trainers.vae import VAEConfig, VAETrainer
 
 __all__ = [
+    "DDPOTrainer",
+    "DRaFTTrainer",
+    "DiffusionDPOTrainer",
+    "NFTTrainer",
     "AutoregressiveConfig",
     "AutoregressiveTrainer",
     "DPOTrainer",

@@ -40,6 +40,7 @@ from rlgen import _checks, rewards
 from rlgen.algorithms.ddpo import DDPOConfig, ddpo
 from rlgen.algorithms.diffusion_dpo import DiffusionDPOConfig, diffusion_dpo
 from rlgen.algorithms.draft import DRaFTConfig, draft
+from rlgen.algorithms.nft import NFTConfig, nft
 from rlgen.generative import rollout as rollout_lib
 from rlgen.trainers.base import Trainer
 
@@ -264,6 +265,43 @@ class DDPOTrainer(_DenoisingRLTrainer):
     def experience(self, samples, batch, scores, group):
         batch = {k: v for k, v in batch.items() if k != "log_probs"}  # recomputed on-policy
         return {**batch, "rewards": scores, "group_size": group}
+
+
+class NFTTrainer(_DenoisingRLTrainer):
+    """DiffusionNFT (`rlgen.algorithms.nft`) on an NNX denoiser: online RL on the forward
+    process, no per-step log-probs (module doc).
+
+    ``train_step(batch)`` with ``samples``, ``rewards`` (optional ``labels``,
+    ``group_size``), or ``train_step(conditions, reward_fn, key)``: the *old* policy
+    (``state.old_params``, an EMA of the trained parameters) samples ``num_generations``
+    per condition, as DiffusionNFT does; `sample` draws from the old policy too, and
+    ``merge(state.params)`` is the trained model. Metrics: `rlgen.algorithms.nft.METRICS`.
+
+    Example:
+      >>> import optax
+      >>> from flax import nnx
+      >>> from rlgen.models import MLPDenoiser
+      >>> from rlgen.generative.rollout import FlowSampler
+      >>> model = MLPDenoiser(2, hidden=16, depth=1, rngs=nnx.Rngs(0))
+      >>> opt = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+      >>> trainer = NFTTrainer(model, opt, FlowSampler(num_steps=4), NFTConfig(num_generations=8))
+      >>> reward = lambda samples, labels=None: samples[:, 0]
+      >>> metrics = trainer.train_step({"num_prompts": 2}, reward, jax.random.key(0))
+      >>> float(metrics["label_mean"])
+      0.5
+    """
+
+    config_type = NFTConfig
+    factory = staticmethod(nft)
+
+    def sampling_params(self):
+        return self.state.old_params
+
+    def experience(self, samples, batch, scores, group):
+        out = {"samples": samples, "rewards": scores, "group_size": group}
+        if "labels" in batch:
+            out["labels"] = batch["labels"]
+        return out
 
 
 class DRaFTTrainer(_DenoisingRLTrainer):
