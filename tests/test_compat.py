@@ -1136,6 +1136,7 @@ def test_page_reward_table():
         "ThresholdReward",
         "ScaledReward",
         "ClippedReward",
+        "ClassifierReward",
     }
     for row in rows:
         name, params = signature_parts(spans(row["signature"])[0])
@@ -1160,7 +1161,9 @@ def test_page_hierarchy():
     text = section("Trainer hierarchy")
     tree = re.search(r"```\n(.*?)```", text, flags=re.S).group(1)
     in_tree = re.findall(r"\b(\w*Trainer)\b", tree)
-    assert in_tree[0] == "Trainer" and tuple(in_tree[1:]) == ARTIFEX_TRAINERS
+    assert in_tree[0] == "Trainer"
+    assert tuple(in_tree[1 : 1 + len(ARTIFEX_TRAINERS)]) == ARTIFEX_TRAINERS
+    assert tuple(in_tree[1 + len(ARTIFEX_TRAINERS) :]) == DENOISING_RL_TRAINERS
     exported = {n for n in rlgen.trainers.__all__ if n.endswith("Trainer")}
     assert sorted(in_tree) == sorted(exported)
     for name in in_tree[1:]:
@@ -1255,3 +1258,62 @@ def test_page_generative_metric_tables():
         metrics = trainer.train_step(batch)
         assert sorted(spans(r["metric"])[0] for r in rows) == sorted(metrics), family
         assert all(np.isfinite(float(v)) for v in metrics.values()), family
+
+
+# ----------------------------------------------------- RL for diffusion and flow models
+
+#: rlgen's own trainers after Artifex's in the hierarchy, in the page's order.
+DENOISING_RL_TRAINERS = ("DDPOTrainer", "NFTTrainer", "DRaFTTrainer", "DiffusionDPOTrainer")
+DENOISING_RL_SECTIONS = ("DDPO and Flow-GRPO", "DiffusionNFT", "Reward backpropagation",
+                         "Diffusion-DPO")
+
+
+def denoising_rl_section(title: str) -> tuple[str, type, type]:
+    page = PAGE.read_text()
+    (heading,) = re.findall(rf"^### ({title}: .*)$", page, flags=re.M)
+    trainer, config = re.findall(r"`(\w+)`", heading)
+    return section(heading), getattr(rlgen, trainer), getattr(rlgen, config)
+
+
+def _denoising_rl_steps():
+    """``{section: metrics}`` of one online step of each trainer on a tiny flow model."""
+    from rlgen.generative.rollout import FlowSampler
+    from rlgen.models import MLPDenoiser
+
+    sampler = FlowSampler(num_steps=3)
+    reward = lambda samples, labels=None: -jnp.sum(samples**2, axis=-1)  # noqa: E731
+    conditions = {"num_prompts": 2}
+    out = {}
+    for title in DENOISING_RL_SECTIONS:
+        _, trainer_cls, config_cls = denoising_rl_section(title)
+        model = MLPDenoiser(2, hidden=4, depth=1, rngs=nnx.Rngs(0))
+        opt = nnx.Optimizer(model, optax.sgd(0.01), wrt=nnx.Param)
+        if trainer_cls is rlgen.DRaFTTrainer:
+            trainer = trainer_cls(model, opt, sampler, reward)
+            out[title] = trainer.train_step(conditions)
+        else:
+            trainer = trainer_cls(model, opt, sampler)
+            out[title] = trainer.train_step(conditions, reward, jax.random.key(0))
+    return out
+
+
+@pytest.mark.parametrize("title", DENOISING_RL_SECTIONS)
+def test_page_denoising_rl_config_table(title):
+    text, trainer, config = denoising_rl_section(title)
+    assert issubclass(trainer, rlgen.Trainer)
+    check_config_table(text, config)
+
+
+def test_page_denoising_rl_metric_tables():
+    """Each table lists what the trainer's online step returns, in the algorithm's order."""
+    from rlgen import algorithms
+
+    constants = dict(zip(DENOISING_RL_SECTIONS, (
+        algorithms.DDPO_METRICS, algorithms.NFT_METRICS, algorithms.DRAFT_METRICS,
+        algorithms.DIFFUSION_DPO_METRICS,
+    ), strict=True))
+    for title, metrics in _denoising_rl_steps().items():
+        rows = table_with(denoising_rl_section(title)[0], "metric")
+        assert tuple(spans(r["metric"])[0] for r in rows) == constants[title], title
+        assert sorted(constants[title]) == sorted(metrics), title
+        assert all(np.isfinite(float(v)) for v in metrics.values()), title
