@@ -16,12 +16,21 @@ import numpy as np
 import optax
 from flax import nnx
 
-from rlgen.algorithms import DPOConfig, GRPOConfig, PPOConfig, REINFORCEConfig
+from rlgen.algorithms import (
+    DDPOConfig,
+    DiffusionDPOConfig,
+    DPOConfig,
+    GRPOConfig,
+    NFTConfig,
+    PPOConfig,
+    REINFORCEConfig,
+)
 from rlgen.generative import AutoregressiveConfig
-from rlgen.generative.diffusion import DiffusionConfig
+from rlgen.generative.diffusion import DiffusionConfig, noise_schedule
 from rlgen.generative.energy import EnergyConfig
 from rlgen.generative.flow import FlowConfig
 from rlgen.generative.gan import GANConfig
+from rlgen.generative.rollout import DiffusionSampler, FlowSampler
 from rlgen.generative.vae import VAEConfig
 from rlgen.models import MLPActorCritic, MLPPolicy, SamplingConfig, TransformerConfig, TransformerLM
 from rlgen.models.denoiser import MLPDenoiser
@@ -34,6 +43,12 @@ from rlgen.trainers import (
     PPOTrainer,
     REINFORCETrainer,
     Trainer,
+)
+from rlgen.trainers.denoising_rl import (
+    DDPOTrainer,
+    DiffusionDPOTrainer,
+    DRaFTTrainer,
+    NFTTrainer,
 )
 from rlgen.trainers.diffusion import DiffusionTrainer
 from rlgen.trainers.energy import EnergyTrainer
@@ -246,6 +261,60 @@ def _vae_batches(n, rows=ROWS):
     ]
 
 
+def _denoiser(seed):
+    return MLPDenoiser(4, num_classes=3, hidden=8, depth=1, rngs=nnx.Rngs(seed))
+
+
+def _far_from_origin(samples, labels=None):
+    return -jnp.sum((samples - 1.0) ** 2, axis=-1)
+
+
+def _make_ddpo(seed=0, mesh=None):
+    model = _denoiser(seed)
+    sampler = DiffusionSampler(noise_schedule("cosine", 50), prediction="v", num_steps=4)
+    config = DDPOConfig(num_generations=2, beta=0.1, num_iterations=2, num_train_steps=2)
+    return DDPOTrainer(model, _adam(model, 0.01), sampler, config, seed=seed, mesh=mesh)
+
+
+def _make_nft(seed=0, mesh=None):
+    model = _denoiser(seed)
+    config = NFTConfig(num_generations=2, old_decay_rate=0.1)
+    return NFTTrainer(model, _adam(model, 0.01), FlowSampler(num_steps=3), config, seed=seed,
+                      mesh=mesh)
+
+
+def _make_draft(seed=0, mesh=None):
+    model = _denoiser(seed)
+    return DRaFTTrainer(model, _adam(model, 0.01), FlowSampler(num_steps=3), _far_from_origin,
+                        seed=seed, mesh=mesh)
+
+
+def _make_diffusion_dpo(seed=0, mesh=None):
+    model = _denoiser(seed)
+    return DiffusionDPOTrainer(model, _adam(model, 0.01), FlowSampler(num_steps=3),
+                               DiffusionDPOConfig(beta=5.0), seed=seed, mesh=mesh)
+
+
+def _label_batches(n, prompts=4):
+    return [{"labels": _rng(i).integers(0, 3, prompts).astype(np.int32)} for i in range(n)]
+
+
+def _pair_batches(n, rows=ROWS):
+    out = []
+    for i in range(n):
+        rng = _rng(i)
+        out.append({
+            "chosen": rng.normal(size=(rows, 4)).astype(np.float32) + 1.0,
+            "rejected": rng.normal(size=(rows, 4)).astype(np.float32),
+            "labels": rng.integers(0, 3, rows).astype(np.int32),
+        })
+    return out
+
+
+def _online(trainer, batch):
+    return trainer.train_step(batch, _far_from_origin)
+
+
 CASES = {
     "reinforce": Case(
         _rl_trainer(REINFORCETrainer, REINFORCEConfig()),
@@ -290,6 +359,16 @@ CASES = {
     ),
     "vae": Case(_make_vae, _vae_batches, lambda: _vae_batches(1, rows=2 * ROWS)[0]),
     "flow": Case(_make_flow, _image_batches, lambda: _image_batches(1, rows=2 * ROWS)[0]),
+    "ddpo": Case(_make_ddpo, _label_batches, lambda: _label_batches(1, prompts=8)[0], _online),
+    "nft": Case(_make_nft, _label_batches, lambda: _label_batches(1, prompts=8)[0], _online),
+    "draft": Case(
+        _make_draft,
+        lambda n: _label_batches(n, prompts=8),
+        lambda: _label_batches(1, prompts=16)[0],
+    ),
+    "diffusion-dpo": Case(
+        _make_diffusion_dpo, _pair_batches, lambda: _pair_batches(1, rows=2 * ROWS)[0]
+    ),
     "ema": Case(
         lambda seed=0, mesh=None: make_ema(seed, mesh=mesh),
         _regression_batches,
