@@ -25,3 +25,49 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=200, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+# ------------------------------------------------------------------ shared pretraining
+
+
+def _pretrained_digit_diffusion() -> str:
+    """The run folder of ``rlgen digits diffusion`` at its default settings, made once.
+
+    Several tests fine-tune the pretrained digit diffusion model (three minutes of CPU).
+    It is trained once per machine into the temporary directory, keyed by the sources
+    that define it, under a file lock that the test workers share; later runs reuse it.
+    """
+    import fcntl
+    import hashlib
+    import pathlib
+
+    import rlgen
+
+    root = pathlib.Path(rlgen.__file__).parent
+    sources = ("models/denoiser.py", "recipes/digits/diffusion.py", "generative/diffusion.py",
+               "trainers/diffusion.py", "algorithms/diffusion.py", "checkpoints.py")
+    digest = hashlib.sha256(b"".join((root / s).read_bytes() for s in sources)).hexdigest()
+    folder = pathlib.Path(tempfile.gettempdir()) / f"rlgen-tests-digit-diffusion-{digest[:12]}"
+    with open(f"{folder}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "summary.json").exists():
+            from rlgen import cli
+            from rlgen.recipes.digits.diffusion import DiffusionDigitsConfig
+
+            options = cli.RunOptions(
+                out_dir=str(folder), progress=False, overwrite=True, checkpoint_every=10**6
+            )
+            cli.run_recipe(
+                "digits diffusion", DiffusionDigitsConfig(num_samples=100), options,
+                echo=lambda *_: None,
+            )
+    return str(folder)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def digit_diffusion_run() -> str:
+    """A ``rlgen digits diffusion`` run folder (default settings) to start fine-tuning from."""
+    return _pretrained_digit_diffusion()

@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -137,6 +138,8 @@ class DiffusionGRPOConfig:
             )
         if not isinstance(self.pretrained, str):
             raise TypeError(f"`pretrained` must be a path (str), got {self.pretrained!r}")
+        if self.pretrained and not Path(self.pretrained).is_dir():
+            raise ValueError(f"`pretrained` must be a run folder, got {self.pretrained!r}")
         for name in ("pretrain_steps", "sample_steps", "window"):
             _checks.check_positive_int(getattr(self, name), name)
         _checks.check_int(self.steps, "steps", low=0)
@@ -171,13 +174,28 @@ def resolved(config: DiffusionGRPOConfig, name: str):
 
 
 def pretrained_model(config: DiffusionGRPOConfig, folder):
-    """The digit denoiser with the pretrained EMA parameters, and its diffusion trainer."""
+    """The digit denoiser with the pretrained EMA parameters, and its diffusion trainer.
+
+    With ``config.pretrained``: the last checkpoint of a ``rlgen digits diffusion`` run
+    folder (``checkpoints/train``) or of another ``rlgen diffusion-grpo`` run
+    (``checkpoints/pretrain``), both with that recipe's default model.
+    """
     base = digits_diffusion.DiffusionDigitsConfig(seed=config.seed, steps=config.pretrain_steps)
     trainer = digits_diffusion.build_trainer(base, digits_diffusion.build_model(base), folder.mesh)
     if config.pretrained:
         from rlgen.callbacks import ModelCheckpoint
 
-        ModelCheckpoint.restore(trainer, f"{config.pretrained}/checkpoints/train")
+        for phase in ("train", "pretrain"):
+            directory = Path(config.pretrained) / "checkpoints" / phase
+            if ModelCheckpoint.latest_step(directory) is not None:
+                ModelCheckpoint.restore(trainer, directory)
+                break
+        else:
+            raise FileNotFoundError(
+                f"`pretrained` {config.pretrained!r} holds no checkpoint of the digit diffusion "
+                "model (checkpoints/train of `rlgen digits diffusion`, or checkpoints/pretrain "
+                "of `rlgen diffusion-grpo`)"
+            )
     else:
         data = digits.load()
         folder.phase(
