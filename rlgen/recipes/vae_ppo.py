@@ -105,11 +105,11 @@ class VAEPPOConfig:
     pretrain_batch_size: int = 128
     pretrain_lr: float = 2e-3
     ppo_steps: int = 300
-    ppo_batch_size: int = 256
-    learning_rate: float = 3e-4
+    ppo_batch_size: int = 1024
+    learning_rate: float = 1e-4
     value_hidden: int = 256
     value_learning_rate: float = 1e-3
-    value_warmup_steps: int = 200
+    value_warmup_steps: int = 100
     ppo: PPOConfig = nested(
         PPOConfig(gamma=0.99, gae_lambda=0.95, entropy_coeff=0.0, num_epochs=4,
                   num_minibatches=4)
@@ -148,8 +148,8 @@ def reconstruction_reward(images, reconstructions):
     ``[B, D]`` (float); higher is better, 0 is perfect. Jittable.
 
     Example:
-      >>> reconstruction_reward(jnp.zeros((2, 4)), jnp.array([[0.0] * 4, [1.0, 1.0, 0, 0]]))
-      Array([ 0. , -0.5], dtype=float32)
+      >>> reconstruction_reward(jnp.zeros((2, 4)), jnp.array([[0.5] * 4, [1.0, 1.0, 0, 0]]))
+      Array([-0.25, -0.5 ], dtype=float32)
     """
     images = _checks.float_array(images, "images", rank=2, what="([B, D])")
     reconstructions = _checks.float_array(reconstructions, "reconstructions", rank=2,
