@@ -32,6 +32,10 @@ The file reads top to bottom:
    gradient) made the distance worse too (4.00 after 300 steps, 4.07 after 1,000);
    with the penalty (0.1 to 0.3, ``init_log_std`` -1) the score rises and the distance
    falls a little (3.62 to 3.65). Calibrating the discriminator first did not help.
+   The defaults (seed 0, 35 s on 2 shared CPU cores at load 4 to 6): score -0.286 ->
+   -0.249, Fréchet distance 3.69 -> 3.66 (floor 1.70): the score rises clearly, the
+   distance improves by under 1%: a frozen discriminator is a weak teacher for a
+   generator already near its equilibrium.
 5. **REINFORCE** (`rlgen.trainers.REINFORCETrainer`) on one-step batches: the guide's
    ``{"observations": noise, "actions": generated, "rewards": rewards}`` with
    ``rewards [B]``, the policy's ``log_prob(actions)`` ``[B]``; the mean baseline and

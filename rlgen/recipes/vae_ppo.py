@@ -31,6 +31,14 @@ PPO's reward is reconstruction alone, under the decoder as it is. The headline f
 ``recon_error_elbo_encoder``, the ELBO encoder's posterior mean's; the draws' errors are
 reported too (PPO also narrows the posterior, so the draws improve the most).
 
+Measured with the defaults (seed 0, 43 s on 2 shared CPU cores at load 4 to 5): held-out
+error 0.0598 -> 0.0583 from the posterior mean (2.5% lower) and 0.0685 -> 0.0587 from a
+draw (14% lower). The mean's gain is small because the held-out error is mostly the
+decoder's (the training digits' error is about half the held-out one); the draws' gain is
+mostly PPO narrowing the posterior. The value head learns alone first
+(`value_warmup_steps`): with an untrained baseline the advantages are mostly how hard
+each digit is, and the encoder's mean drifted (0.0598 -> 0.0653 in a measured run).
+
 The run folder (`rlgen.cli.RunFolder`) adds the progress bars, ``metrics.jsonl`` (both
 phases, ``phase`` ``pretrain`` and ``ppo``), ``reward_curve.png``, checkpoints
 (``checkpoints/pretrain``, ``checkpoints/ppo``), and this recipe writes
