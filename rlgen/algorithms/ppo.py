@@ -27,9 +27,17 @@ Batch keys, `B` rows of `T` steps:
 * `log_probs` `[B, T]`: log-probs of `actions` under the behaviour policy.
 * optional `mask` `[B, T]` (1 valid, 0 padded).
 
+One-step batches (a contextual bandit: one action per sample, as a VAE encoder choosing
+latents or a generator choosing an image): `log_probs` `[B]` makes the batch the `T = 1`
+case, and `rewards`, `dones`, `values` (no bootstrap) and `mask` are then `[B]` too;
+`observations` and `actions` lead with `B` (`[B, ...]`). GAE degenerates to
+`A = r - V(s)` and the value target to `R = r`. A shape that does not match `log_probs`
+is a ValueError naming the key, the expected and the received shape.
+
 The policy protocol (`rlgen.algorithms.base`): `policy_fn(params, observations)` returns
 `(distribution, values)` with `distribution.log_prob(actions)`, `distribution.entropy()`
-and `values` all shaped `[B, T]`.
+and `values` all shaped `[B, T]` (`[B]` for a one-step batch, e.g. a
+`distrax.MultivariateNormalDiag` over `[B, D]` continuous actions).
 """
 
 from __future__ import annotations
@@ -159,20 +167,51 @@ class _Prepared(NamedTuple):
     mask: jax.Array  # [B, T]
 
 
-def _check_rows(tree, rows, name) -> None:
+def _check_rows(tree, rows, name, one_step=False) -> None:
+    axes, rank = ("[B]", 1) if one_step else ("[B, T]", 2)
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
         shape = getattr(leaf, "shape", None)
-        if shape is None or len(shape) < 2 or shape[0] != rows:
+        if shape is None or len(shape) < rank or shape[0] != rows:
             where = f"{name}{jax.tree_util.keystr(path)}"
             raise ValueError(
-                f"PPO batch['{where}'] must lead with the [B, T] = [{rows}, ...] axes of "
+                f"PPO batch['{where}'] must lead with the {axes} = [{rows}, ...] axes of "
                 f"`rewards`, got shape {None if shape is None else tuple(shape)}"
             )
+
+
+#: The per-step keys of a one-step batch, each `[B]` like `log_probs`.
+_ONE_STEP_KEYS = ("rewards", "dones", "values", "mask")
+
+
+def _as_steps(batch) -> tuple[dict, bool]:
+    """A one-step batch (`log_probs` `[B]`) as the `T = 1` case; `(batch, one_step)`.
+
+    Every key of `_ONE_STEP_KEYS` present must then be `[B]` (a ValueError naming the key,
+    the expected and the received shape otherwise); each gains a trailing step axis.
+    Other batches are returned as they are.
+    """
+    log_probs = _checks.as_array(batch["log_probs"], "log_probs")
+    if log_probs.ndim != 1:
+        return batch, False
+    rows = log_probs.shape[0]
+    out = dict(batch, log_probs=log_probs[:, None])
+    for key in _ONE_STEP_KEYS:
+        if key not in batch:
+            continue
+        x = _checks.as_array(batch[key], key)
+        if tuple(x.shape) != (rows,):
+            raise ValueError(
+                f"PPO batch['{key}'] must have shape ({rows},) like batch['log_probs'] "
+                f"{(rows,)} (a one-step batch: one value per sample), got {tuple(x.shape)}"
+            )
+        out[key] = x[:, None]
+    return out, True
 
 
 def _prepare(batch, config: PPOConfig) -> tuple[_Prepared, dict]:
     """Validates the batch and computes GAE advantages and returns (once per update)."""
     base.check_batch(batch, _REQUIRED, _OPTIONAL, "PPO")
+    batch, one_step = _as_steps(batch)
     rewards = _checks.as_array(batch["rewards"], "rewards")
     _checks.check_rank(rewards, 2, "rewards", "([B, T]: one reward per step of each row)")
     _checks.check_float(rewards, "rewards")
@@ -192,8 +231,8 @@ def _prepare(batch, config: PPOConfig) -> tuple[_Prepared, dict]:
     log_probs = _checks.as_array(batch["log_probs"], "log_probs")
     _checks.check_float(log_probs, "log_probs")
     _checks.check_shape(log_probs, (rows, horizon), "log_probs", "rewards")
-    _check_rows(batch["observations"], rows, "observations")
-    _check_rows(batch["actions"], rows, "actions")
+    _check_rows(batch["observations"], rows, "observations", one_step)
+    _check_rows(batch["actions"], rows, "actions", one_step)
 
     valid = mask > 0
     f32 = jnp.promote_types(values.dtype, jnp.float32)
@@ -226,13 +265,18 @@ def _evaluate(params, data: _Prepared, policy_fn):
         policy_fn, params, data.observations, data.actions, with_values=True
     )
     expected = data.old_log_probs.shape
-    for name, x in (("log_prob(actions)", log_probs), ("values", values)):
+    checked = []
+    for name, x in (("log_prob(actions)", log_probs), ("entropy", entropy), ("values", values)):
+        if expected[1] == 1 and x.shape == expected[:1]:
+            x = x[:, None]  # a one-step policy's [B] on the T = 1 batch
         if x.shape != expected:
             raise ValueError(
                 f"PPO's policy_fn returned {name} of shape {x.shape}; expected {expected}, "
-                "the [B, T] shape of the batch's `log_probs` (one value per step)"
+                "the [B, T] shape of the batch's `log_probs` (one value per step; [B] for a "
+                "one-step batch)"
             )
-    return log_probs, entropy, values
+        checked.append(x)
+    return tuple(checked)
 
 
 def _loss(params, data: _Prepared, policy_fn, config: PPOConfig):
@@ -289,7 +333,8 @@ def ppo_loss(params, batch, policy_fn, config: PPOConfig = PPOConfig()):
       params: actor-critic parameters (differentiated).
       batch: dict with the module doc's keys: `observations`, `actions` `[B, T, ...]`,
         `rewards`, `dones`, `log_probs` `[B, T]`, `values` `[B, T + 1]` or `[B, T]`,
-        optional `mask` `[B, T]`.
+        optional `mask` `[B, T]`; or a one-step batch: `log_probs`, `rewards`, `dones`,
+        `values` (and `mask`) `[B]`, read as `T = 1` (module doc).
       policy_fn: `policy_fn(params, observations) -> (distrax distribution, values)`.
       config: a `PPOConfig`.
 
@@ -309,6 +354,17 @@ def ppo_loss(params, batch, policy_fn, config: PPOConfig = PPOConfig()):
       >>> loss, m = ppo_loss(jnp.zeros(3), batch, policy, PPOConfig(gamma=1.0, gae_lambda=1.0))
       >>> float(m["mean_reward"]), float(m["advantage_mean"]), float(m["value_loss"])
       (1.0, 2.0, 2.3333)
+
+    A one-step batch (continuous actions, `[B]` rewards): the advantage is `r - V`:
+      >>> def gaussian(p, obs):  # N(p[:2], I) over 2-D actions, value p[2]
+      ...     mean = jnp.broadcast_to(p[:2], obs.shape[:1] + (2,))
+      ...     return distrax.MultivariateNormalDiag(mean), jnp.full(obs.shape[:1], p[2])
+      >>> one = {"observations": jnp.zeros((2, 3)), "actions": jnp.ones((2, 2)),
+      ...        "rewards": jnp.array([1.0, 3.0]), "dones": jnp.ones(2),
+      ...        "values": jnp.full(2, 0.5), "log_probs": jnp.full(2, -2.8379)}
+      >>> loss, m = ppo_loss(jnp.array([0.0, 0.0, 0.5]), one, gaussian)
+      >>> float(m["advantage_mean"]), float(m["value_loss"])
+      (1.5, 1.625)
     """
     if not isinstance(config, PPOConfig):
         raise TypeError(f"`config` must be a PPOConfig, got {type(config).__name__}")

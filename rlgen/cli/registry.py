@@ -134,6 +134,41 @@ RECIPES: dict[str, Recipe] = {
             ),
             run_folder=False,
         ),
+        Recipe(
+            name="vae-ppo",
+            help="fine-tune a digit VAE's encoder with PPO, the decoder's reconstruction as reward",
+            description=(
+                "Pretrain the digit VAE on its ELBO, then fine-tune its encoder as a Gaussian "
+                "policy over latents with PPO, the reward being the frozen decoder's "
+                "reconstruction of each image; report the held-out reconstruction error of "
+                "the ELBO encoder and of the PPO encoder."
+            ),
+            module="rlgen.recipes.vae_ppo",
+            config="VAEPPOConfig",
+            report=(
+                "held-out reconstruction error {recon_error_elbo_encoder:.4f} (ELBO encoder) "
+                "-> {recon_error_after:.4f} (PPO encoder) in {seconds:.0f} s"
+            ),
+            checkpoint_every=500,
+        ),
+        Recipe(
+            name="gan-reinforce",
+            help="fine-tune a digit GAN's generator with REINFORCE, the discriminator as reward",
+            description=(
+                "Pretrain the digit GAN, then fine-tune its generator as a Gaussian policy "
+                "with REINFORCE, the reward being the discriminator's score; report the "
+                "discriminator's mean score and the Fréchet distance of the generator's "
+                "samples before and after."
+            ),
+            module="rlgen.recipes.gan_reinforce",
+            config="GANReinforceConfig",
+            report=(
+                "discriminator score {disc_score_before:.2f} -> {disc_score_after:.2f}; "
+                "Fréchet distance {frechet_before:.2f} -> {frechet_after:.2f} (real digits: "
+                "{frechet_floor:.2f}) in {seconds:.0f} s"
+            ),
+            checkpoint_every=500,
+        ),
         _digits("vae", "train a VAE on the digits", "VAEDigitsConfig"),
         _digits("gan", "train a GAN on the digits", "GANDigitsConfig"),
         _digits(

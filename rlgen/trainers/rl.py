@@ -191,7 +191,10 @@ class PPOTrainer(_AlgorithmTrainer):
 
     The model returns ``(logits_or_distribution, values)`` (`rlgen.trainers.protocol`).
     ``train_step(trajectory)`` with ``observations, actions, rewards, values, log_probs,
-    dones`` (``[B, T]``; ``values`` may have T+1 steps); GAE, the epochs and minibatches
+    dones`` (``[B, T]``; ``values`` may have T+1 steps), or a one-step batch with
+    ``rewards, values, log_probs, dones`` ``[B]`` (one action per sample: a
+    ``distrax.MultivariateNormalDiag`` over continuous actions, e.g.
+    `rlgen.models.gaussian.GaussianEncoderPolicy`); GAE, the epochs and minibatches
     run inside one compiled step. Metrics: `rlgen.algorithms.PPO_METRICS`.
 
     Example:

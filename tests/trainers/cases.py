@@ -126,6 +126,52 @@ def _ppo_batches(n, rows=ROWS, steps=5, start=0):
     return out
 
 
+def _make_gaussian_encoder_ppo(seed=0, mesh=None):
+    from rlgen.models.gaussian import GaussianEncoderPolicy
+
+    model = GaussianEncoderPolicy(OBS, ACTIONS, hidden=(8,), value_hidden=(8,),
+                                  rngs=nnx.Rngs(seed))
+    config = PPOConfig(num_epochs=2, num_minibatches=2)
+    return PPOTrainer(model, _adam(model), config, seed=seed, mesh=mesh)
+
+
+def _one_step_gaussian_ppo_batches(n, rows=ROWS, start=0):
+    """One-step PPO batches over continuous actions: every per-sample key ``[B]``."""
+    out = []
+    for i in range(n):
+        r = _rng(700 + start + i)
+        out.append(
+            {
+                "observations": r.normal(size=(rows, OBS)).astype(np.float32),
+                "actions": r.normal(size=(rows, ACTIONS)).astype(np.float32),
+                "rewards": r.normal(size=rows).astype(np.float32),
+                "values": r.normal(size=rows).astype(np.float32),
+                "log_probs": np.full(rows, -2.0, np.float32),
+                "dones": np.zeros(rows, np.float32),
+            }
+        )
+    return out
+
+
+def _make_gaussian_generator_reinforce(seed=0, mesh=None):
+    from rlgen.models.gaussian import GaussianGeneratorPolicy
+
+    model = GaussianGeneratorPolicy(OBS, 4, hidden=(8,), rngs=nnx.Rngs(seed))
+    config = REINFORCEConfig(baseline="mean")
+    return REINFORCETrainer(model, _adam(model), config, seed=seed, mesh=mesh)
+
+
+def _one_step_gaussian_reinforce_batches(n, rows=ROWS, start=0):
+    return [
+        {
+            "observations": _rng(800 + start + i).normal(size=(rows, OBS)).astype(np.float32),
+            "actions": _rng(900 + start + i).normal(size=(rows, 4)).astype(np.float32),
+            "rewards": _rng(1000 + start + i).normal(size=rows).astype(np.float32),
+        }
+        for i in range(n)
+    ]
+
+
 def _dpo_batches(n, rows=ROWS):
     out = []
     for i in range(n):
@@ -325,6 +371,16 @@ CASES = {
         _rl_trainer(PPOTrainer, PPOConfig(num_epochs=2, num_minibatches=2), MLPActorCritic),
         _ppo_batches,
         lambda: _ppo_batches(1, steps=3)[0],
+    ),
+    "ppo-gaussian-encoder": Case(
+        _make_gaussian_encoder_ppo,
+        _one_step_gaussian_ppo_batches,
+        lambda: _one_step_gaussian_ppo_batches(1, rows=2 * ROWS)[0],
+    ),
+    "reinforce-gaussian-generator": Case(
+        _make_gaussian_generator_reinforce,
+        _one_step_gaussian_reinforce_batches,
+        lambda: _one_step_gaussian_reinforce_batches(1, rows=2 * ROWS)[0],
     ),
     "grpo": Case(
         _rl_trainer(GRPOTrainer, GRPOConfig(num_generations=4, reference="initial", beta=0.1)),
