@@ -81,11 +81,11 @@ METHODS = ("grpo", "grpo-fast", "nft", "draft", "refl", "dpo")
 #: override them).
 METHOD_DEFAULTS = {
     "grpo": {"learning_rate": 1e-4, "steps": 200},
-    "grpo-fast": {"learning_rate": 1e-4, "steps": 200},
-    "nft": {"learning_rate": 1e-4, "steps": 200},
-    "draft": {"learning_rate": 1e-4, "steps": 200},
-    "refl": {"learning_rate": 1e-4, "steps": 200},
-    "dpo": {"learning_rate": 1e-4, "steps": 200},
+    "grpo-fast": {"learning_rate": 5e-5, "steps": 100},
+    "nft": {"learning_rate": 3e-5, "steps": 60},
+    "draft": {"learning_rate": 3e-5, "steps": 50},
+    "refl": {"learning_rate": 3e-5, "steps": 50},
+    "dpo": {"learning_rate": 1e-4, "steps": 50},
 }
 
 
