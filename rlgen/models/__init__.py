@@ -8,6 +8,9 @@
   and flow-matching models (``model(x, t, labels)``).
 * `MLPVAE`: an MLP encoder and decoder (Gaussian or Bernoulli) for `rlgen.trainers.VAETrainer`.
 * `MLPGenerator`, `MLPDiscriminator`: a GAN's two networks.
+* `GaussianEncoderPolicy`, `GaussianGeneratorPolicy`: a VAE's encoder and a GAN's
+  generator as Gaussian policies (distrax) for `rlgen.trainers.PPOTrainer` and
+  `REINFORCETrainer`.
 * `MLPEnergy`: an energy ``E(x) -> [B]`` for `rlgen.trainers.EnergyTrainer`.
 * `DenoisingPolicy`: a denoiser and its stochastic sampler as a policy over trajectories
   (per-step Gaussian log-probs), so `rlgen.trainers.GRPOTrainer` fine-tunes diffusion and
@@ -24,11 +27,14 @@ from rlgen.models.denoiser import MLPDenoiser
 from rlgen.models.denoising_policy import DenoisingPolicy
 from rlgen.models.energy import MLPEnergy
 from rlgen.models.gan import MLPDiscriminator, MLPGenerator
+from rlgen.models.gaussian import GaussianEncoderPolicy, GaussianGeneratorPolicy
 from rlgen.models.mlp import MLPActorCritic, MLPPolicy
 from rlgen.models.transformer import SamplingConfig, TransformerConfig, TransformerLM
 from rlgen.models.vae import MLPVAE
 
 __all__ = [
+    "GaussianEncoderPolicy",
+    "GaussianGeneratorPolicy",
     "DenoisingPolicy",
     "MLPVAE",
     "DigitClassifier",
