@@ -5,6 +5,7 @@ import re
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
@@ -32,13 +33,20 @@ def test_readme_examples_run():
 NOTEBOOKS = README.parent / "notebooks"
 
 
-def test_notebook_code_cells_run():
+@pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))
+def test_notebook_code_cells_run(name, digit_diffusion_run, monkeypatch):
+    """Every code cell of every notebook runs (the diffusion RL notebook from the shared
+    pretrained digit diffusion model)."""
     import json
 
-    notebooks = sorted(NOTEBOOKS.glob("*.ipynb"))
-    assert notebooks, "notebooks/ holds no notebook"
-    for path in notebooks:
-        namespace: dict = {}
-        for cell in json.loads(path.read_text())["cells"]:
-            if cell["cell_type"] == "code":
-                exec(compile("".join(cell["source"]), str(path), "exec"), namespace)  # noqa: S102
+    monkeypatch.setenv("RLGEN_DIGITS_DIFFUSION", digit_diffusion_run)
+    namespace: dict = {}
+    for cell in json.loads((NOTEBOOKS / name).read_text())["cells"]:
+        if cell["cell_type"] == "code":
+            exec(compile("".join(cell["source"]), name, "exec"), namespace)  # noqa: S102
+    if name == "diffusion_rl.ipynb":  # measured (seed 0): 9% -> 75% of the samples are 3s
+        assert namespace["share_after"] > namespace["share_before"] + 0.3
+
+
+def test_there_are_notebooks():
+    assert sorted(NOTEBOOKS.glob("*.ipynb")), "notebooks/ holds no notebook"
