@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint bench demo digits venv clean
+.PHONY: test lint bench demo digits diffusion-grpo venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ demo: $(STAMP)
 FAMILY ?= diffusion
 digits: $(STAMP)
 	$(VENV)/bin/rlgen digits $(FAMILY) --out-dir runs/digits-$(FAMILY) --overwrite $(ARGS)
+
+# RL for the digit diffusion model: make diffusion-grpo ARGS="--method nft" (grpo, grpo-fast, nft, draft, refl, dpo).
+diffusion-grpo: $(STAMP)
+	$(VENV)/bin/rlgen diffusion-grpo --out-dir runs/diffusion-grpo --overwrite $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,bench]'

@@ -72,7 +72,7 @@ from rlgen.trainers.denoising_rl import (
 #: * "nft": DiffusionNFT, online RL on the forward process (no log-probs; the EMA "old"
 #:   policy samples; `rlgen.algorithms.nft`);
 #: * "draft": DRaFT-1, the reward's log-probability back-propagated through the last step
-#:   of the deterministic sampler (`rlgen.algorithms.draft`);
+#:   of the sampler (its noise reparameterised; `rlgen.algorithms.draft`);
 #: * "refl": ReFL, the reward of the one-step estimate from a random late step;
 #: * "dpo": online Diffusion-DPO, pairs of samples ranked by the reward
 #:   (`rlgen.algorithms.diffusion_dpo`).
@@ -250,9 +250,10 @@ def build_trainer(config: DiffusionGRPOConfig, model, sampler, mesh=None):
         return NFTTrainer(model, optimizer, sampler, settings, **common)
     if config.method in ("draft", "refl"):
         reward = ClassifierReward(digit_logits, config.target, output="log_probability")
-        settings = DRaFTConfig(
+        settings = DRaFTConfig(  # through the policy's own noisy steps, as evaluated
             method=config.method,
             refl_max_step=max(1, config.sample_steps // 2),
+            stochastic=True,
         )
         return DRaFTTrainer(model, optimizer, sampler, reward, settings, **common)
     return DiffusionDPOTrainer(model, optimizer, sampler, DiffusionDPOConfig(beta=50.0), **common)

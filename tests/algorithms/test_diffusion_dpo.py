@@ -2,14 +2,18 @@
 reference of the loss, shared noise and time within a pair, learning on Gaussian
 preferences, composition and bad input."""
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from rlgen.algorithms import diffusion_dpo as DD
 from rlgen.generative import diffusion, rollout
+
+# the module (the package `rlgen.algorithms` exports the function diffusion_dpo)
+DD = importlib.import_module("rlgen.algorithms.diffusion_dpo")
 
 B = 8
 SCHEDULE = diffusion.noise_schedule("cosine", 100)

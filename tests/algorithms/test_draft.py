@@ -1,6 +1,7 @@
 """DRaFT-K, DRaFT-LV and ReFL (rlgen.algorithms.draft): where the gradient flows, what
 `jax.checkpoint` changes (memory, not the gradient), learning, composition, bad input."""
 
+import importlib
 import warnings
 
 import jax
@@ -9,8 +10,10 @@ import numpy as np
 import optax
 import pytest
 
-from rlgen.algorithms import draft as D
 from rlgen.generative import diffusion, rollout
+
+# the module (the package `rlgen.algorithms` exports the function draft)
+D = importlib.import_module("rlgen.algorithms.draft")
 
 N = 5  # sampler steps
 B = 8

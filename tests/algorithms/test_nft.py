@@ -13,6 +13,7 @@ with ``var_t = (1 - t)^2 + t^2 S^2``, independent of ``x``: one of the shift's f
 """
 
 import dataclasses
+import importlib
 import warnings
 
 import jax
@@ -21,9 +22,11 @@ import numpy as np
 import optax
 import pytest
 
-from rlgen.algorithms import nft as N
 from rlgen.generative import diffusion
 from rlgen.generative import rollout as R
+
+# the module (the package `rlgen.algorithms` exports the function nft)
+N = importlib.import_module("rlgen.algorithms.nft")
 
 MU = jnp.array([0.5, -0.5])
 S = jnp.array([0.5, 1.0])
