@@ -18,7 +18,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check rlgen tests benchmarks
 
 test: lint
-	$(PY) -m pytest -q -n auto
+	$(PY) -m pytest -q -n auto --dist loadgroup
 
 # The main job: pretrain the built-in LM on addition, fine-tune it with GRPO (about a minute).
 demo: $(STAMP)

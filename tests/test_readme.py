@@ -33,13 +33,25 @@ def test_readme_examples_run():
 NOTEBOOKS = README.parent / "notebooks"
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))
-def test_notebook_code_cells_run(name, digit_diffusion_run, monkeypatch):
+#: Notebooks that start from the shared pretrained digit diffusion model (tests/conftest.py).
+PRETRAINED = ("diffusion_rl.ipynb",)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(p.name, marks=pytest.mark.xdist_group("digit_diffusion"))
+        if p.name in PRETRAINED else p.name
+        for p in sorted(NOTEBOOKS.glob("*.ipynb"))
+    ],
+)
+def test_notebook_code_cells_run(name, request, monkeypatch):
     """Every code cell of every notebook runs (the diffusion RL notebook from the shared
     pretrained digit diffusion model)."""
     import json
 
-    monkeypatch.setenv("RLGEN_DIGITS_DIFFUSION", digit_diffusion_run)
+    if name in PRETRAINED:
+        monkeypatch.setenv("RLGEN_DIGITS_DIFFUSION", request.getfixturevalue("digit_diffusion_run"))
     namespace: dict = {}
     for cell in json.loads((NOTEBOOKS / name).read_text())["cells"]:
         if cell["cell_type"] == "code":

@@ -11,6 +11,10 @@ import pytest
 from rlgen import cli
 from rlgen.recipes import diffusion_grpo as R
 
+# The tests that fine-tune the shared pretrained model run on one worker (make test uses
+# --dist loadgroup), so only that worker waits while the model is made.
+pytestmark = pytest.mark.xdist_group("digit_diffusion")
+
 SHORT = dict(sample_steps=10, batch_size=64, num_samples=200, beta=0.0)
 
 
@@ -50,7 +54,7 @@ def test_a_run_without_a_pretrained_model_pretrains_first(tmp_path):
 
 @pytest.mark.parametrize("method", [m for m in R.METHODS if m != "grpo"])
 def test_every_method_raises_the_reward(digit_diffusion_run, tmp_path, method):
-    steps = 8 if method in ("draft", "refl") else 12
+    steps = 6 if method in ("draft", "refl") else 10
     summary = _run(tmp_path, method, method=method, pretrained=digit_diffusion_run, steps=steps,
                    learning_rate=3e-4 if method not in ("draft", "refl") else 3e-5)
     assert summary["method"] == method
