@@ -4,11 +4,7 @@ and hypothesis profiles."""
 import os
 import tempfile
 
-# The tests compile thousands of small programs: LLVM's cheapest optimisation level cuts
-# their compile time (the programs run a little slower; the math is the same).
-os.environ.setdefault(
-    "XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
-)
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One compilation cache for the test workers and the subprocesses they start: a program
 # compiled by one is loaded by the others (it cuts the suite's CPU time by about a sixth).
