@@ -42,6 +42,7 @@ from rlgen.algorithms.diffusion_dpo import DiffusionDPOConfig, diffusion_dpo
 from rlgen.algorithms.draft import DRaFTConfig, draft
 from rlgen.algorithms.nft import NFTConfig, nft
 from rlgen.generative import rollout as rollout_lib
+from rlgen.trainers import protocol
 from rlgen.trainers.base import Trainer
 
 #: The keys of an online step's ``conditions``: one of the first two, optionally
@@ -79,20 +80,9 @@ class _DenoisingRLTrainer(Trainer):
                 f"{type(self).__name__} needs a {self.config_type.__name__}, got "
                 f"{type(config).__name__}"
             )
-        if data_shape is None:
-            dim = getattr(model, "dim", None)
-            if dim is None:
-                raise ValueError(
-                    f"pass `data_shape` (one example's shape): {type(model).__name__} has no "
-                    "`dim` attribute to take it from"
-                )
-            data_shape = (dim,)
-        self.data_shape = tuple(
-            _checks.check_positive_int(d, f"data_shape[{i}]") for i, d in enumerate(data_shape)
+        self.data_shape, self.num_classes = protocol.denoiser_shapes(
+            model, data_shape, num_classes
         )
-        if num_classes is None:
-            num_classes = getattr(model, "num_classes", 0)
-        self.num_classes = _checks.check_int(num_classes, "num_classes", low=0)
         self.sampler = sampler
         super().__init__(model, optimizer, config, **kwargs)
         self._compiled_rollout = jax.jit(

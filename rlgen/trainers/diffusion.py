@@ -21,6 +21,7 @@ from rlgen.generative.diffusion import (
     sample_ddim,
     sample_ddpm,
 )
+from rlgen.trainers import protocol
 from rlgen.trainers.base import Trainer
 
 __all__ = ["DiffusionConfig", "DiffusionTrainer"]
@@ -79,20 +80,9 @@ class DiffusionTrainer(Trainer):
         config = DiffusionConfig() if config is None else config
         if not isinstance(config, DiffusionConfig):
             raise TypeError(f"`config` must be a DiffusionConfig, got {type(config).__name__}")
-        if data_shape is None:
-            dim = getattr(model, "dim", None)
-            if dim is None:
-                raise ValueError(
-                    f"pass `data_shape` (one example's shape): {type(model).__name__} has no "
-                    "`dim` attribute to take it from"
-                )
-            data_shape = (dim,)
-        self.data_shape = tuple(
-            _checks.check_positive_int(d, f"data_shape[{i}]") for i, d in enumerate(data_shape)
+        self.data_shape, self.num_classes = protocol.denoiser_shapes(
+            model, data_shape, num_classes
         )
-        if num_classes is None:
-            num_classes = getattr(model, "num_classes", 0)
-        self.num_classes = _checks.check_int(num_classes, "num_classes", low=0)
         self.schedule = config.schedule_arrays()
         super().__init__(model, optimizer, config, **kwargs)
         self._compiled_sample = jax.jit(

@@ -23,6 +23,10 @@ values)``, with ``values`` shaped like the log-probs (``[B]`` or ``[B, T]``).
 of sequence token, 0 after). `rlgen.models.TransformerLM` and `rlgen.models.MLPPolicy`
 follow all of this.
 
+**Denoisers** (the diffusion, flow and denoising RL trainers) are called
+``model(x [B, ...], t [B] in [0, 1], labels [B] or None)``; their data shape and classes
+come from ``model.dim`` and ``model.num_classes`` unless given (`denoiser_shapes`).
+
 The model's forward pass must be a pure function of its parameters and inputs: the
 trainer differentiates it functionally (`nnx.split` / `nnx.merge`), so state a forward
 pass mutates (batch statistics, RNG counters) is not written back.
@@ -35,6 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
+from rlgen import _checks
 from rlgen.algorithms import TokenCategorical
 
 # Name of the packed observation entries used for teacher-forced sequence models.
@@ -141,3 +146,25 @@ def sample(model, observations, key):
             )
         return out
     return out, None
+
+
+def denoiser_shapes(model, data_shape=None, num_classes=None) -> tuple[tuple[int, ...], int]:
+    """``(data_shape, num_classes)`` of a denoiser ``model(x, t, labels)``: the given
+    values, else ``(model.dim,)`` and ``model.num_classes`` (0 when it has none).
+
+    Raises a ValueError when neither ``data_shape`` nor ``model.dim`` is there.
+    """
+    if data_shape is None:
+        dim = getattr(model, "dim", None)
+        if dim is None:
+            raise ValueError(
+                f"pass `data_shape` (one example's shape): {type(model).__name__} has no "
+                "`dim` attribute to take it from"
+            )
+        data_shape = (dim,)
+    shape = tuple(
+        _checks.check_positive_int(d, f"data_shape[{i}]") for i, d in enumerate(data_shape)
+    )
+    if num_classes is None:
+        num_classes = getattr(model, "num_classes", 0)
+    return shape, _checks.check_int(num_classes, "num_classes", low=0)
