@@ -281,6 +281,16 @@ class Trainer:
         """
         return self._fit(data, self.train_step, num_steps, callbacks, num_epochs)
 
+    def _fit_sampling(self, data, reward_fn, num_steps, callbacks, num_epochs):
+        """`fit` of a trainer that samples: each step is ``train_step(batch, reward_fn)``
+        (``reward_fn`` None: plain `Trainer.fit` on complete batches)."""
+        if reward_fn is None:
+            return Trainer.fit(self, data, num_steps, callbacks, num_epochs=num_epochs)
+        if not callable(reward_fn):
+            raise TypeError(f"`reward_fn` must be callable, got {type(reward_fn).__name__}")
+        step = lambda batch: self.train_step(batch, reward_fn)  # noqa: E731
+        return self._fit(data, step, num_steps, callbacks, num_epochs)
+
     def _fit(self, data, step_fn, num_steps, callbacks, num_epochs):
         """The loop of `fit`, taking each step with ``step_fn(batch)``."""
         if num_steps is not None:

@@ -215,12 +215,7 @@ class _DenoisingRLTrainer(Trainer):
         num_epochs: int = 1,
     ):
         """`Trainer.fit`; with ``reward_fn`` each batch holds conditions to sample and score."""
-        if reward_fn is None:
-            return super().fit(data, num_steps, callbacks, num_epochs=num_epochs)
-        if not callable(reward_fn):
-            raise TypeError(f"`reward_fn` must be callable, got {type(reward_fn).__name__}")
-        step = lambda batch: self.train_step(batch, reward_fn)  # noqa: E731
-        return self._fit(data, step, num_steps, callbacks, num_epochs)
+        return self._fit_sampling(data, reward_fn, num_steps, callbacks, num_epochs)
 
 
 class DDPOTrainer(_DenoisingRLTrainer):

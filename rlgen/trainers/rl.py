@@ -124,12 +124,7 @@ class _SamplingTrainer(_AlgorithmTrainer):
         Each step is ``train_step(batch, reward_fn, next_key())``; without ``reward_fn``
         the batches hold complete experience, as for `train_step(batch)`.
         """
-        if reward_fn is None:
-            return super().fit(data, num_steps, callbacks, num_epochs=num_epochs)
-        if not callable(reward_fn):
-            raise TypeError(f"`reward_fn` must be callable, got {type(reward_fn).__name__}")
-        step = lambda batch: self.train_step(batch, reward_fn)  # noqa: E731
-        return self._fit(data, step, num_steps, callbacks, num_epochs)
+        return self._fit_sampling(data, reward_fn, num_steps, callbacks, num_epochs)
 
 
 class REINFORCETrainer(_SamplingTrainer):
