@@ -11,8 +11,6 @@ or a concrete array); a traced scalar (a value swept under `vmap` or scheduled i
 from __future__ import annotations
 
 import dataclasses
-import functools
-import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -267,23 +265,6 @@ def check_labels(labels, num_classes: int | None, batch_size: int, name: str = "
     if num_classes is not None:
         check_ids(labels, num_classes, name)
     return labels
-
-
-def warn_traced_count(n_bad: jax.Array, message: str) -> None:
-    """Inside a compiled step: a host ``RuntimeWarning`` of ``message.format(n=n_bad)``
-    when the traced count ``n_bad`` is positive (`jax.debug.callback` under `lax.cond`,
-    so only a batch that has bad values pays for the host call).
-
-    For values that cannot be read on the host under ``jit`` (rewards, images): eagerly
-    the callers raise instead, and the step skips its update and says so in a metric.
-    """
-    warn = functools.partial(_warn_count, message=message)
-    jax.lax.cond(n_bad > 0, lambda: jax.debug.callback(warn, n_bad), lambda: None)
-
-
-def _warn_count(n_bad, *, message: str) -> None:
-    if int(n_bad):
-        warnings.warn(message.format(n=int(n_bad)), RuntimeWarning, stacklevel=2)
 
 
 def check_scalar(x: Any, name: str) -> None:

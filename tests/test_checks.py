@@ -264,21 +264,3 @@ def test_array_checks_run_at_trace_time_under_jit():
     np.testing.assert_array_equal(jax.jit(f)(jnp.ones(2)), [2.0, 2.0])
     with pytest.raises(ValueError, match="`x` must have rank 1"):
         jax.jit(f)(jnp.ones((2, 2)))
-
-
-def test_warn_traced_count_warns_from_a_compiled_step_only_when_positive():
-    import warnings
-
-    @jax.jit
-    def step(x):
-        n_bad = jnp.sum(x < 0)
-        _checks.warn_traced_count(n_bad, "`x` held {n} negative value(s)")
-        return x
-
-    with pytest.warns(RuntimeWarning, match="`x` held 2 negative value"):
-        jax.block_until_ready(step(jnp.array([-1.0, -2.0, 3.0])))
-        jax.effects_barrier()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        jax.block_until_ready(step(jnp.array([1.0, 2.0, 3.0])))
-        jax.effects_barrier()

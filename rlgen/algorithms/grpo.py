@@ -46,6 +46,7 @@ METRICS = (
     "approx_kl",
     "entropy",
     "clip_fraction",
+    "skipped",
 )
 
 
@@ -128,7 +129,7 @@ class _Prepared(NamedTuple):
     observations: Any
     actions: Any
     advantages: jax.Array  # [B, T]
-    old_log_probs: jax.Array  # [B, T]
+    old_log_probs: jax.Array | None  # [B, T]; None: on-policy, the loss's own forward
     ref_log_probs: jax.Array | None  # [B, T]
     mask: jax.Array  # [B, T]
 
@@ -147,23 +148,34 @@ def _sequence_returns(rewards, mask, gamma):
 
 
 def _prepare(params, ref_params, batch, policy_fn, config) -> tuple[_Prepared, dict]:
+    """Checks the batch and computes what every iteration and micro-batch shares.
+
+    No forward pass runs here unless one is needed: the behaviour log-probs come from the
+    batch, or (on-policy, one iteration) from the loss's own forward pass, which is then
+    exactly the sampling policy's; only with `num_iterations > 1` and no `log_probs` key
+    are they computed here, once. The reference's forward runs only when `beta > 0`.
+    """
     base.check_batch(batch, _REQUIRED, _OPTIONAL, "GRPO")
     group_size = base.static_group_size(batch, config.num_generations)
     rewards, n_bad = base.check_rewards(batch["rewards"])
     obs, actions = batch["observations"], batch["actions"]
-    log_probs, _ = policy.evaluate_policy(policy_fn, params, obs, actions)
-    batch_size = log_probs.shape[0]
-    lp = _as_tokens(log_probs, batch_size)
+
+    def forward(p):
+        return policy.evaluate_policy(policy_fn, p, obs, actions)[0]
+
+    lp_shape = jax.eval_shape(forward, params).shape  # shapes only: no FLOPs
+    batch_size = lp_shape[0]
+    token_shape = lp_shape if len(lp_shape) == 2 else (batch_size, 1)
     mask = _checks.as_mask(
         None if "mask" not in batch else _as_tokens(jnp.asarray(batch["mask"]), batch_size),
-        lp.shape,
+        token_shape,
         "mask",
         "the policy's log_prob(actions)",
     )
     if rewards.shape[0] != batch_size:
         raise ValueError(
             f"`rewards` must have {batch_size} rows (one per completion, like "
-            f"log_prob(actions) {log_probs.shape}), got shape {rewards.shape}"
+            f"log_prob(actions) {lp_shape}), got shape {rewards.shape}"
         )
     returns = _sequence_returns(rewards, mask, config.gamma)
     finite_returns = jnp.where(jnp.isfinite(returns), returns, 0.0)
@@ -190,30 +202,44 @@ def _prepare(params, ref_params, batch, policy_fn, config) -> tuple[_Prepared, d
     def checked_log_probs(x, key):
         x = jnp.asarray(x)
         _checks.check_float(x, key)
-        _checks.check_shape(x, log_probs.shape, key, "the policy's log_prob(actions)")
-        return jax.lax.stop_gradient(_as_tokens(x, batch_size).astype(lp.dtype))
+        _checks.check_shape(x, lp_shape, key, "the policy's log_prob(actions)")
+        return jax.lax.stop_gradient(_as_tokens(x, batch_size).astype(jnp.float32))
 
-    old = jax.lax.stop_gradient(lp)  # on-policy by default: the policy before this update
     if "log_probs" in batch:
         old = checked_log_probs(batch["log_probs"], "log_probs")
-    ref = reference.values(
-        batch,
-        ("ref_log_probs",),
-        config.reference,
-        ref_params,
-        lambda p: (policy.evaluate_policy(policy_fn, p, obs, actions)[0],),
-        required=False,
-        owner="GRPOConfig",
-    )
+    elif config.num_iterations > 1:  # later iterations need the policy before the first
+        old = jax.lax.stop_gradient(_as_tokens(forward(params), batch_size))
+    else:
+        old = None
+    if config.reference == "initial" and config.beta == 0:
+        if "ref_log_probs" in batch:
+            raise ValueError(
+                "GRPOConfig(reference='initial') computes the reference values from the "
+                "frozen initial params; drop the batch key(s) ['ref_log_probs'] or use "
+                "reference='batch'"
+            )
+        ref = None  # beta = 0: the penalty is off, so the reference's forward never runs
+    else:
+        ref = reference.values(
+            batch,
+            ("ref_log_probs",),
+            config.reference,
+            ref_params,
+            lambda p: (forward(p),),
+            required=False,
+            owner="GRPOConfig",
+        )
     ref = None if ref is None else checked_log_probs(ref[0], "ref_log_probs")
     prepared = _Prepared(
-        obs, actions, jnp.broadcast_to(advantages[:, None], lp.shape), old, ref, mask
+        obs, actions, jnp.broadcast_to(advantages[:, None], token_shape), old, ref, mask
     )
+    n_bad = ops.psum(n_bad, config.axis_name)
     stats = {
         # NaN when a reward was non-finite: reported, and the update is skipped.
         "mean_reward": ops.pmean(jnp.mean(returns), config.axis_name),
         "group_advantage_std": ops.masked_moments(advantages, axis_name=config.axis_name)[1],
-        "n_bad": ops.psum(n_bad, config.axis_name),
+        "n_bad": n_bad,
+        "skipped": (n_bad > 0).astype(jnp.float32),
     }
     return prepared, stats
 
@@ -231,9 +257,12 @@ def _loss(params, prepared: _Prepared, policy_fn, config, norm, counts):
     log_probs = _as_tokens(log_probs, batch_size)
     entropy = _as_tokens(entropy, batch_size)
     mask = prepared.mask
+    old_log_probs = prepared.old_log_probs
+    if old_log_probs is None:  # on-policy: this very forward is the sampling policy's
+        old_log_probs = jax.lax.stop_gradient(log_probs)
     surrogate = ops.clipped_surrogate_loss(
         log_probs,
-        prepared.old_log_probs,
+        old_log_probs,
         prepared.advantages,
         mask,
         epsilon_low=config.clip_param,
@@ -258,7 +287,7 @@ def _loss(params, prepared: _Prepared, policy_fn, config, norm, counts):
         kl = jnp.zeros((), loss.dtype)
     # KL(old || current) from tokens sampled by the old policy (k3), a diagnostic.
     current = jax.lax.stop_gradient(log_probs)
-    approx_kl = agg(ops.kl_estimate(prepared.old_log_probs, current), "token-mean")
+    approx_kl = agg(ops.kl_estimate(old_log_probs, current), "token-mean")
     metrics = {
         "loss": loss,
         "policy_loss": policy_loss,
@@ -311,7 +340,7 @@ def grpo_loss(params, batch, policy_fn, config: GRPOConfig = GRPOConfig(), *, re
       >>> float(m["mean_reward"])
       0.25
     """
-    if config.reference == "initial" and ref_params is None:
+    if config.reference == "initial" and config.beta > 0 and ref_params is None:
         raise ValueError("GRPOConfig(reference='initial') needs `ref_params`")
     prepared, stats = _prepare(params, ref_params, batch, policy_fn, config)
     loss, metrics = _loss(
@@ -320,7 +349,9 @@ def grpo_loss(params, batch, policy_fn, config: GRPOConfig = GRPOConfig(), *, re
     loss = ops.psum(loss, config.axis_name)
     metrics = {k: ops.psum(v, config.axis_name) for k, v in metrics.items()}
     metrics.update(
-        mean_reward=stats["mean_reward"], group_advantage_std=stats["group_advantage_std"]
+        mean_reward=stats["mean_reward"],
+        group_advantage_std=stats["group_advantage_std"],
+        skipped=stats["skipped"],
     )
     return loss, metrics
 
@@ -364,7 +395,7 @@ def grpo(policy_fn, optimizer: optax.GradientTransformation, config: GRPOConfig 
     tx = base.with_grad_clipping(optimizer, config.max_grad_norm)
 
     def init(params):
-        ref = reference.init(params, config.reference)
+        ref = reference.init(params, config.reference, needed=config.beta > 0)
         return GRPOState(params, tx.init(params), jnp.zeros((), jnp.int32), ref)
 
     def update(state: GRPOState, batch):
@@ -407,7 +438,9 @@ def grpo(policy_fn, optimizer: optax.GradientTransformation, config: GRPOConfig 
         )
         metrics = {k: jnp.mean(v, axis=0) for k, v in metrics.items()}
         metrics.update(
-            mean_reward=stats["mean_reward"], group_advantage_std=stats["group_advantage_std"]
+            mean_reward=stats["mean_reward"],
+            group_advantage_std=stats["group_advantage_std"],
+            skipped=stats["skipped"],
         )
         return GRPOState(params, opt_state, state.step + 1, state.ref_params), metrics
 

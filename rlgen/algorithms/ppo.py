@@ -65,6 +65,7 @@ METRICS = (
     "advantage_mean",
     "kl_divergence",
     "clip_fraction",
+    "skipped",
 )
 
 
@@ -372,7 +373,11 @@ def ppo_loss(params, batch, policy_fn, config: PPOConfig = PPOConfig()):
     loss, metrics = _loss(params, prepared, policy_fn, config)
     loss = ops.psum(loss, config.axis_name)
     metrics = ops.psum(metrics, config.axis_name)
-    metrics.update(mean_reward=stats["mean_reward"], advantage_mean=stats["advantage_mean"])
+    metrics.update(
+        mean_reward=stats["mean_reward"],
+        advantage_mean=stats["advantage_mean"],
+        skipped=(stats["n_bad"] > 0).astype(jnp.float32),
+    )
     return loss, metrics
 
 
@@ -521,7 +526,11 @@ def ppo(
         params, opt_state = keep_if(bad, (state.params, state.opt_state), (params, opt_state))
         weights = ran.astype(jnp.float32)  # the first epoch always runs
         metrics = {k: jnp.sum(v * weights) / jnp.sum(weights) for k, v in metrics.items()}
-        metrics.update(mean_reward=stats["mean_reward"], advantage_mean=stats["advantage_mean"])
+        metrics.update(
+            mean_reward=stats["mean_reward"],
+            advantage_mean=stats["advantage_mean"],
+            skipped=bad.astype(jnp.float32),
+        )
         return PPOState(params, opt_state, state.step + 1, key), metrics
 
     return base.Algorithm(init, update)

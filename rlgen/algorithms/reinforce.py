@@ -22,7 +22,7 @@ _REQUIRED = ("observations", "actions", "rewards")
 _OPTIONAL = ("dones", "mask", "group_size")
 BASELINES = ("none", "mean", "rloo")
 #: The metrics `reinforce` and `reinforce_loss` return (each a 0-d float32 array).
-METRICS = ("loss", "policy_loss", "entropy", "mean_reward", "reward_std")
+METRICS = ("loss", "policy_loss", "entropy", "mean_reward", "reward_std", "skipped")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +166,8 @@ def _loss(params, batch, policy_fn, config):
         "mean_reward": mean_reward,
         "reward_std": reward_std,
     }
+    n_bad = ops.psum(n_bad, config.axis_name)
+    metrics["skipped"] = (n_bad > 0).astype(jnp.float32)  # an update on this batch is skipped
     return loss, (metrics, n_bad)
 
 
@@ -202,7 +204,6 @@ def reinforce(policy_fn, optimizer: optax.GradientTransformation, config=REINFOR
         )
         grads = jax.tree.map(lambda g: ops.psum(g, config.axis_name), grads)
         metrics = _reduce_shares(metrics, config.axis_name)
-        n_bad = ops.psum(n_bad, config.axis_name)
         params, opt_state = base.apply_gradients(
             tx, state.params, state.opt_state, grads, skip=n_bad > 0
         )

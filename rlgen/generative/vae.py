@@ -264,9 +264,9 @@ def check_unit_interval(x, name: str = "images"):
     A concrete ``x`` (a NumPy or JAX array outside ``jit``) with a value outside ``[0, 1]``
     (or NaN) raises ValueError naming ``name`` and the range found, before any work. A
     traced ``x`` (inside ``jit``) cannot be read: the count of bad values is returned as a
-    traced int, a host-side RuntimeWarning is emitted when it is positive, and
-    `vae_loss` turns the loss into NaN, so a trainer's non-finite guard skips the update
-    instead of training on it. (`rlgen.trainers.VAETrainer` checks each batch on the host
+    traced int (no host callback is compiled in) and `vae_loss` turns the loss into NaN,
+    so the update is skipped and reported in the ``skipped`` metric instead of training on
+    it. (`rlgen.trainers.VAETrainer` checks each batch on the host
     before its compiled step, so the traced path is only met by a user's own ``jit``.)
 
     Example:
@@ -288,13 +288,7 @@ def check_unit_interval(x, name: str = "images"):
                 f"[0, 1], or use decoder='gaussian'); got {' and '.join(found)}"
             )
         return jnp.zeros((), jnp.int32)
-    n_bad = jnp.sum(~((x >= 0.0) & (x <= 1.0))).astype(jnp.int32)
-    _checks.warn_traced_count(
-        n_bad,
-        f"`{name}` held {{n}} value(s) outside [0, 1] for the Bernoulli decoder; the loss "
-        "is NaN (a trainer skips the update)",
-    )
-    return n_bad
+    return jnp.sum(~((x >= 0.0) & (x <= 1.0))).astype(jnp.int32)
 
 
 def reparameterize(mean, log_var, key):

@@ -1,29 +1,45 @@
 """A small decoder-only transformer language model with a KV-cache sampler.
 
 The architecture is the GPT-style decoder of Vaswani et al. 2017 ("Attention Is All You
-Need", arXiv 1706.03762) with pre-LayerNorm residual blocks. For tokens `x [B, L]`:
+Need", arXiv 1706.03762) with pre-LayerNorm residual blocks. For tokens `x [B, L]` at
+positions `p [B, L]`:
 
-    h_0      = E_tok[x] + E_pos[0:L]                                     [B, L, D]
+    h_0      = E_tok[x] + E_pos[p]                                       [B, L, D]
     h'_l     = h_l  + W_o  attn(LN(h_l))          causal, H heads of D / H
     h_{l+1}  = h'_l + W_2 gelu(W_1 LN(h'_l))       d_ff hidden units
-    logits   = W_head LN(h_N) + b_head                                   [B, L, V]
+    logits   = W_head LN(h_N) + b_head    (tied: E_tok^T LN(h_N))        [B, L, V]
 
-    attn(z)  = concat_h softmax(q_h k_h^T / sqrt(D / H) + causal) v_h,  (q, k, v) = W_qkv z
+    attn(z)  = concat_h softmax(q_h k_h^T / sqrt(D / H) + mask) v_h,  (q, k, v) = W_qkv z
 
-Learned token and position embeddings, an untied output head, GELU MLP, no dropout.
+Learned token and position embeddings, GELU MLP, no dropout; the output head is its own
+matrix with a bias, or the token embedding transposed (`tie_embeddings`, as GPT-2 does).
 Parameters are float32; the compute dtype is `TransformerConfig.dtype` (attention scores,
 softmax and the returned logits are float32). Initialisation is scaled normal only
 (embeddings N(0, 0.02^2); dense kernels normal with variance 1 / fan_in, the two residual
 output projections of each block further scaled by 1 / (2 num_layers); biases 0).
 
-Three entry points:
+The blocks' parameters are stacked along a leading layer axis (`model.blocks` is one
+block whose arrays are `[num_layers, ...]`) and applied by a `lax.scan` over layers
+(`scan_layers=True`, the default: the compiled program holds one block, so compiling
+takes the same time for 2 layers or 48) or by an unrolled loop (`scan_layers=False`).
+
+**Prompts with padding.** Prompts of different lengths are left-padded and come with an
+attention mask, as a dict ``{"input_ids": [B, P], "attention_mask": [B, P]}``
+(`PROMPT_KEYS`; the mask is 1 on real tokens, 0 on the padding before them). Padding is
+never attended to, and positions count real tokens only (the first real token is at
+position 0), so a padded row computes exactly what the row without padding computes.
+Every entry point takes either a plain `[B, P]` array (no padding) or such a dict.
+
+Entry points:
 
 * `model(tokens)`: causal logits `[B, L, V]` (position `i` scores token `i + 1`).
 * `model.policy(prompts, completions)`: the logits that score each completion token by
-  teacher forcing, `[B, T, V]`, for the trainers' policy protocol
-  (`rlgen.algorithms.TokenCategorical(model.policy(obs, actions))`).
+  teacher forcing, `[B, T, V]`, for the trainers' policy protocol. With `sampling` set,
+  they are the logits of the distribution `sample` draws from (temperature, top-k, top-p),
+  so the trainers' ratios and KL penalties use the distribution that was sampled.
 * `model.generate(prompts, key, max_new_tokens=...)`: sampling with a key/value cache,
-  one compiled program per shape and static setting (`sample` uses `model.sampling`).
+  one compiled program per shape and static setting, that stops as soon as every row
+  has ended (`sample` uses `model.sampling`).
 """
 
 from __future__ import annotations
@@ -31,15 +47,30 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from rlgen import _checks
 
-__all__ = ["SamplingConfig", "TransformerConfig", "TransformerLM", "mask_after_eos"]
+__all__ = [
+    "PROMPT_KEYS",
+    "SamplingConfig",
+    "TransformerConfig",
+    "TransformerLM",
+    "mask_after_eos",
+]
+
+#: The keys of a padded prompt batch: left-padded token ids and their attention mask.
+PROMPT_KEYS = ("input_ids", "attention_mask")
+#: The logit given to tokens that top-k or top-p leave out: probability exactly 0, but
+#: finite, so entropies and gradients stay finite (-inf would give 0 * inf = NaN).
+FILTERED_LOGIT = -1e30
+
 
 def _check_optional_positive_int(x: Any, name: str) -> int | None:
     return None if x is None else _checks.check_positive_int(x, name)
@@ -68,6 +99,10 @@ class TransformerConfig:
       eos_id: the end-of-sequence token, or None (completions always run to
         `max_new_tokens`).
       dtype: the compute dtype (float32 or bfloat16, say); parameters stay float32.
+      tie_embeddings: score tokens with the transposed token embedding (no head matrix,
+        no head bias; GPT-2's choice: `V * D` fewer parameters and optimiser state).
+      scan_layers: apply the stacked blocks with a `lax.scan` (one block in the compiled
+        program) rather than unrolled; the parameters are the same either way.
 
     Example:
       >>> TransformerConfig(vocab_size=16, max_len=8, d_model=8, num_heads=2).head_dim
@@ -83,6 +118,8 @@ class TransformerConfig:
     pad_id: int = 0
     eos_id: int | None = None
     dtype: Any = jnp.float32
+    tie_embeddings: bool = False
+    scan_layers: bool = True
 
     def __post_init__(self):
         _checks.check_positive_int(self.vocab_size, "vocab_size")
@@ -105,6 +142,8 @@ class TransformerConfig:
         if not jnp.issubdtype(dtype, jnp.floating):
             raise ValueError(f"`dtype` must be a floating dtype (e.g. float32), got {dtype}")
         object.__setattr__(self, "dtype", dtype)
+        _checks.check_bool(self.tie_embeddings, "tie_embeddings")
+        _checks.check_bool(self.scan_layers, "scan_layers")
 
     @property
     def head_dim(self) -> int:
@@ -120,6 +159,9 @@ class TransformerConfig:
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
     """How `TransformerLM.sample` draws completions (the arguments of `generate`).
+
+    It also defines the model's policy: `TransformerLM.policy` scores completions under
+    this very distribution (tempered and filtered), as the RL trainers need.
 
     Attributes:
       max_new_tokens: completion length `T`.
@@ -145,6 +187,14 @@ class SamplingConfig:
         _check_temperature(self.temperature)
         _check_optional_positive_int(self.top_k, "top_k")
         _check_top_p(self.top_p)
+
+    @property
+    def changes_logits(self) -> bool:
+        """Whether the sampled distribution differs from `softmax(logits)` (and is not
+        greedy): a temperature other than 1, top-k or top-p."""
+        if self.temperature == 0.0:
+            return False
+        return self.temperature != 1.0 or self.top_k is not None or self.top_p is not None
 
 
 def _check_temperature(temperature) -> float | None:
@@ -188,16 +238,17 @@ def mask_after_eos(tokens, eos_id: int, pad_id: int):
     return jnp.where(keep, tokens, pad_id).astype(jnp.int32), keep.astype(jnp.float32)
 
 
-def _filter_logits(logits, temperature, top_p, *, top_k: int | None, use_top_p: bool):
-    """`logits [B, V] / temperature` with tokens outside top-k / the nucleus set to -inf.
+def _kept(x, top_p, *, top_k: int | None, use_top_p: bool):
+    """Which tokens of the tempered logits `x [..., V]` top-k, then top-p, keep (bool).
 
-    Top-k first, then top-p on the renormalised top-k distribution. A token tied with the
-    last one kept is kept too. The most likely token always survives.
+    Top-p acts on the renormalised top-k distribution. A token tied with the last one kept
+    is kept too; the most likely token always survives.
     """
-    x = logits.astype(jnp.float32) / temperature
+    keep = jnp.ones(x.shape, bool)
     if top_k is not None:
         kth = jax.lax.top_k(x, top_k)[0][..., -1:]
-        x = jnp.where(x < kth, -jnp.inf, x)
+        keep = x >= kth
+        x = jnp.where(keep, x, FILTERED_LOGIT)
     if use_top_p:
         desc = -jnp.sort(-x, axis=-1)
         probs = jax.nn.softmax(desc, axis=-1)
@@ -205,23 +256,45 @@ def _filter_logits(logits, temperature, top_p, *, top_k: int | None, use_top_p: 
         before = jnp.concatenate(
             [jnp.zeros_like(probs[..., :1]), jnp.cumsum(probs, axis=-1)[..., :-1]], axis=-1
         )
-        keep = before < top_p
-        keep = keep.at[..., 0].set(True)
-        cutoff = jnp.min(jnp.where(keep, desc, jnp.inf), axis=-1, keepdims=True)
-        x = jnp.where(x < cutoff, -jnp.inf, x)
-    return x
+        in_nucleus = (before < top_p).at[..., 0].set(True)
+        cutoff = jnp.min(jnp.where(in_nucleus, desc, jnp.inf), axis=-1, keepdims=True)
+        keep = keep & (x >= cutoff)
+    return keep
+
+
+def _sampling_logits(logits, temperature, top_p, *, top_k, use_top_p, always_keep=None):
+    """The logits of the distribution sampled from: `logits / temperature`, with the tokens
+    top-k / top-p leave out set to `FILTERED_LOGIT` (float32 `[..., V]`).
+
+    `always_keep` (int ids `[...]`, optional) is never filtered out: a completion token
+    scored by teacher forcing was kept when it was sampled, and rounding must not make its
+    probability 0 now.
+    """
+    x = logits.astype(jnp.float32) / temperature
+    if top_k is None and not use_top_p:
+        return x
+    keep = _kept(x, top_p, top_k=top_k, use_top_p=use_top_p)
+    if always_keep is not None:
+        keep = keep | (jnp.arange(x.shape[-1]) == always_keep[..., None])
+    return jnp.where(keep, x, FILTERED_LOGIT)
 
 
 def _sample_token(logits, key, temperature, top_p, *, greedy, top_k, use_top_p):
+    """One token per row `[B]` and its log-probability under the distribution drawn from
+    (greedy: under `softmax(logits)`)."""
     if greedy:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    x = _filter_logits(logits, temperature, top_p, top_k=top_k, use_top_p=use_top_p)
-    return jax.random.categorical(key, x, axis=-1).astype(jnp.int32)
+        token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        x = logits.astype(jnp.float32)
+    else:
+        x = _sampling_logits(logits, temperature, top_p, top_k=top_k, use_top_p=use_top_p)
+        token = jax.random.categorical(key, x, axis=-1).astype(jnp.int32)
+    log_prob = jnp.take_along_axis(jax.nn.log_softmax(x), token[:, None], axis=-1)[:, 0]
+    return token, log_prob
 
 
 def _attention(q, k, v, mask):
     """Multi-head softmax attention: `q [B, Lq, H, d]`, `k, v [B, Lk, H, d]`, `mask`
-    broadcastable to `[Lq, Lk]` (True = may attend). Scores and softmax in float32."""
+    broadcastable to `[B, 1, Lq, Lk]` (True = may attend). Scores and softmax in float32."""
     scale = 1.0 / math.sqrt(q.shape[-1])
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
@@ -274,11 +347,50 @@ def _check_tokens(tokens, name: str, max_len: int, what: str = "[B, L]"):
     return tokens.astype(jnp.int32)
 
 
+def _check_prompts(prompts, name: str, max_len: int):
+    """A `[B, P]` id array, or a `PROMPT_KEYS` dict of left-padded ids and their mask.
+
+    Returns `(tokens [B, P] int32, mask [B, P] float32 or None)`. A concrete mask must be
+    0/1, left-padded (each row 0...0 1...1) with at least one real token per row.
+    """
+    if not isinstance(prompts, Mapping):
+        return _check_tokens(prompts, name, max_len, "[B, P]"), None
+    if set(prompts) != set(PROMPT_KEYS):
+        raise ValueError(
+            f"`{name}` as a dict must have exactly the keys {list(PROMPT_KEYS)} (left-padded "
+            f"ids and their attention mask), got {sorted(prompts)}"
+        )
+    ids_name, mask_name = (f"{name}[{k!r}]" for k in PROMPT_KEYS)
+    tokens = _check_tokens(prompts[PROMPT_KEYS[0]], ids_name, max_len, "[B, P]")
+    mask = _checks.as_array(prompts[PROMPT_KEYS[1]], mask_name)
+    _checks.check_shape(mask, tokens.shape, mask_name, ids_name)
+    if not isinstance(mask, jax.core.Tracer):
+        host = np.asarray(mask)
+        if not np.isin(host, (0, 1)).all():
+            raise ValueError(f"`{mask_name}` must hold only 0 and 1, got values {np.unique(host)}")
+        if (np.diff(host.astype(np.int8), axis=1) < 0).any() or (host[:, -1] != 1).any():
+            bad = int(np.flatnonzero((np.diff(host, axis=1) < 0).any(1) | (host[:, -1] != 1))[0])
+            raise ValueError(
+                f"`{mask_name}` must be left-padded (each row 0...0 then 1...1, ending in a "
+                f"real token); row {bad} is {host[bad].astype(int).tolist()}"
+            )
+    return tokens, mask.astype(jnp.float32)
+
+
+def _positions(mask, length: int):
+    """Position ids: `0..L-1`, or with a left-padding mask `[B, L]` the count of real
+    tokens before each one (padding gets 0; it is never attended to)."""
+    if mask is None:
+        return jnp.arange(length)[None]
+    return jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
+
+
 class TransformerLM(nnx.Module):
     """A decoder-only transformer LM (Vaswani et al. 2017), pre-LayerNorm, no dropout.
 
-    See the module docstring for the math. `sampling` (optional) sets how `sample` draws
-    completions, the trainers' sampling protocol.
+    See the module docstring for the math, the padded prompts and the stacked layers.
+    `sampling` (optional) sets how `sample` draws completions, the trainers' sampling
+    protocol, and the distribution `policy` scores.
 
     Args:
       config: the `TransformerConfig`.
@@ -315,34 +427,76 @@ class TransformerLM(nnx.Module):
         self.pos_embed = nnx.Embed(
             config.max_len, config.d_model, dtype=dtype, embedding_init=embed_init, rngs=rngs
         )
-        self.blocks = nnx.List([_Block(config, rngs=rngs) for _ in range(config.num_layers)])
+
+        @nnx.split_rngs(splits=config.num_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def stacked_blocks(rngs):
+            return _Block(config, rngs=rngs)
+
+        self.blocks = stacked_blocks(rngs)  # every array has a leading num_layers axis
         self.ln_final = nnx.LayerNorm(config.d_model, epsilon=1e-5, dtype=dtype, rngs=rngs)
-        self.head = nnx.Linear(
-            config.d_model,
-            config.vocab_size,
-            dtype=dtype,
-            kernel_init=nnx.initializers.variance_scaling(1.0, "fan_in", "normal"),
-            rngs=rngs,
-        )
+        if not config.tie_embeddings:
+            self.head = nnx.Linear(
+                config.d_model,
+                config.vocab_size,
+                dtype=dtype,
+                kernel_init=nnx.initializers.variance_scaling(1.0, "fan_in", "normal"),
+                rngs=rngs,
+            )
 
-    # ------------------------------------------------------------------ full forward
+    # ------------------------------------------------------------------ the layers
 
-    def _trunk(self, tokens):
-        """`tokens [B, L]` at positions `0..L-1` -> (final-LN hidden `[B, L, D]`,
-        keys and values `[num_layers, B, L, H, D/H]`)."""
-        length = tokens.shape[1]
-        x = self.token_embed(tokens) + self.pos_embed(jnp.arange(length))[None]
-        causal = jnp.tril(jnp.ones((length, length), bool))
-        keys, values = [], []
-        for block in self.blocks:
+    def _layers(self, carry, body):
+        """Runs `carry = body(block, layer, carry)` over the stacked blocks, by a
+        `lax.scan` (`scan_layers`) or unrolled; `layer` is the int32 layer index."""
+        graphdef, state = nnx.split(self.blocks)
+        num_layers = self.config.num_layers
+
+        def step(carry, xs):
+            layer, layer_state = xs
+            return body(nnx.merge(graphdef, layer_state), layer, carry), None
+
+        layers = jnp.arange(num_layers, dtype=jnp.int32)
+        if self.config.scan_layers:
+            return jax.lax.scan(step, carry, (layers, state))[0]
+        for i in range(num_layers):
+            carry, _ = step(carry, jax.tree.map(lambda x, i=i: x[i], (layers, state)))
+        return carry
+
+    def _trunk(self, tokens, mask=None, *, with_cache=False):
+        """`tokens [B, L]` (with an optional left-padding mask `[B, L]`) -> (final-LN
+        hidden `[B, L, D]`, with `with_cache` the keys and values
+        `[num_layers, B, L, H, D/H]` as a pair, else None)."""
+        batch, length = tokens.shape
+        x = self.token_embed(tokens) + self.pos_embed(_positions(mask, length))
+        allowed = jnp.tril(jnp.ones((length, length), bool))[None, None]  # [1, 1, L, L]
+        if mask is not None:
+            allowed = allowed & (mask > 0)[:, None, None, :]
+        cfg = self.config
+        cache = None
+        if with_cache:
+            kv_shape = (cfg.num_layers, batch, length, cfg.num_heads, cfg.head_dim)
+            cache = (jnp.zeros(kv_shape, cfg.dtype), jnp.zeros(kv_shape, cfg.dtype))
+
+        def body(block, layer, carry):
+            x, cache = carry
             q, k, v = block.project(x)
-            x = block.finish(x, _attention(q, k, v, causal))
-            keys.append(k)
-            values.append(v)
-        return self.ln_final(x), jnp.stack(keys), jnp.stack(values)
+            if cache is not None:
+                cache = tuple(
+                    jax.lax.dynamic_update_index_in_dim(c, new.astype(c.dtype), layer, 0)
+                    for c, new in zip(cache, (k, v), strict=True)
+                )
+            return block.finish(x, _attention(q, k, v, allowed)), cache
+
+        x, cache = self._layers((x, cache), body)
+        return self.ln_final(x), cache
 
     def _logits(self, hidden):
+        if self.config.tie_embeddings:
+            return self.token_embed.attend(hidden).astype(jnp.float32)
         return self.head(hidden).astype(jnp.float32)
+
+    # ------------------------------------------------------------------ full forward
 
     def __call__(self, tokens):
         """Causal next-token logits.
@@ -359,7 +513,7 @@ class TransformerLM(nnx.Module):
           dtype('float32')
         """
         tokens = _check_tokens(tokens, "tokens", self.config.max_len)
-        hidden, _, _ = self._trunk(tokens)
+        hidden, _ = self._trunk(tokens)
         return self._logits(hidden)
 
     def policy(self, observations, actions):
@@ -371,8 +525,16 @@ class TransformerLM(nnx.Module):
         `a[:, :t]`: `log pi(a | x) = sum_t log_softmax(out)[:, t, a[:, t]]`. Wrap it as
         `rlgen.algorithms.TokenCategorical(out)` for the algorithms.
 
+        With `sampling` set (and not greedy), the logits are those of the distribution
+        `sample` draws from: `logits / temperature`, with the tokens that top-k / top-p
+        leave out at `FILTERED_LOGIT` (probability 0); `a[:, t]` itself is always kept.
+        So `log pi` is the sampling policy's log-probability, as the importance ratio and
+        the KL penalty of RL fine-tuning need. Without `sampling`, or at temperature 1 with
+        no filtering, they are the model's own logits.
+
         Args:
-          observations: int prompts `[B, P]`, `P >= 1`.
+          observations: int prompts `[B, P]`, `P >= 1`, or a `PROMPT_KEYS` dict of
+            left-padded prompts and their attention mask.
           actions: int completions `[B, T]`, `T >= 1`, `P + T <= max_len`.
 
         Returns:
@@ -385,7 +547,7 @@ class TransformerLM(nnx.Module):
           (2, 2, 11)
         """
         max_len = self.config.max_len
-        prompts = _check_tokens(observations, "observations", max_len, "[B, P] (prompts)")
+        prompts, prompt_mask = _check_prompts(observations, "observations", max_len)
         actions = _check_tokens(actions, "actions", max_len, "[B, T] (completions)")
         if actions.shape[0] != prompts.shape[0]:
             raise ValueError(
@@ -399,30 +561,53 @@ class TransformerLM(nnx.Module):
                 f"the model's max_len={max_len}"
             )
         sequence = jnp.concatenate([prompts, actions[:, :-1]], axis=1)
-        hidden, _, _ = self._trunk(sequence)
-        return self._logits(hidden[:, num_prompt - 1 :])
+        mask = None
+        if prompt_mask is not None:
+            mask = jnp.concatenate([prompt_mask, jnp.ones(actions[:, :-1].shape)], axis=1)
+        hidden, _ = self._trunk(sequence, mask)
+        logits = self._logits(hidden[:, num_prompt - 1 :])
+        sampling = self.sampling
+        if sampling is None or not sampling.changes_logits:
+            return logits
+        return _sampling_logits(
+            logits,
+            sampling.temperature,
+            1.0 if sampling.top_p is None else sampling.top_p,
+            top_k=sampling.top_k,
+            use_top_p=sampling.top_p is not None,
+            always_keep=actions,
+        )
 
     # ------------------------------------------------------------------ cached decoding
 
-    def _decode_step(self, token, position, cache_k, cache_v):
-        """One token `[B]` at `position` against caches `[num_layers, B, S, H, D/H]`.
+    def _decode_step(self, token, slot, position, cache_k, cache_v, key_valid):
+        """One token `[B]` at cache `slot` (int) and `position` `[B]`, against caches
+        `[num_layers, B, S, H, D/H]` whose valid slots are `key_valid [B, S]`.
 
-        Writes this token's keys and values at `position` and returns
+        Writes this token's keys and values at `slot` and returns
         `(logits [B, V], cache_k, cache_v)`.
         """
-        x = self.token_embed(token[:, None]) + self.pos_embed(position)[None, None]
-        may_attend = (jnp.arange(cache_k.shape[2]) <= position)[None, :]  # [1, S]
-        for layer, block in enumerate(self.blocks):
+        x = self.token_embed(token[:, None]) + self.pos_embed(position[:, None])
+        slots = jnp.arange(cache_k.shape[2])
+        may_attend = ((slots <= slot)[None, :] & key_valid)[:, None, None, :]  # [B,1,1,S]
+
+        def body(block, layer, carry):
+            x, cache_k, cache_v = carry
             q, k, v = block.project(x)  # [B, 1, H, D/H]
-            at = (layer, 0, position, 0, 0)
+            at = (layer, 0, slot, 0, 0)
             cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), at)
             cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), at)
-            x = block.finish(x, _attention(q, cache_k[layer], cache_v[layer], may_attend))
+            layer_k = jax.lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False)
+            layer_v = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False)
+            return block.finish(x, _attention(q, layer_k, layer_v, may_attend)), cache_k, cache_v
+
+        x, cache_k, cache_v = self._layers((x, cache_k, cache_v), body)
         return self._logits(self.ln_final(x))[:, 0], cache_k, cache_v
 
     def _generate_traced(
         self,
         prompts,
+        prompt_mask,
         key,
         temperature,
         top_p,
@@ -446,33 +631,57 @@ class TransformerLM(nnx.Module):
             use_top_p=use_top_p,
         )
         keys = jax.random.split(key, max_new_tokens)
+        if prompt_mask is None:
+            prompt_mask = jnp.ones((batch, num_prompt), jnp.float32)
+        num_real = jnp.sum(prompt_mask, axis=1).astype(jnp.int32)  # [B]
+        key_valid = jnp.concatenate(
+            [prompt_mask > 0, jnp.ones((batch, cache_len - num_prompt), bool)], axis=1
+        )
 
         # Prefill: one pass over the prompt fills the first `P` cache slots.
-        hidden, k, v = self._trunk(prompts)
+        hidden, (k, v) = self._trunk(prompts, prompt_mask, with_cache=True)
         pad = ((0, 0), (0, 0), (0, cache_len - num_prompt), (0, 0), (0, 0))
         cache_k, cache_v = jnp.pad(k, pad), jnp.pad(v, pad)
         first_logits = self._logits(hidden[:, -1])
-        first = sample(first_logits, keys[0])
+        first, first_lp = sample(first_logits, keys[0])
 
-        def step(carry, xs):
-            token, cache_k, cache_v = carry
-            position, step_key = xs
-            logits, cache_k, cache_v = self._decode_step(token, position, cache_k, cache_v)
-            new = sample(logits, step_key)
-            return (new, cache_k, cache_v), ((new, logits) if with_logits else new)
+        def put(buffer, t, value):
+            return jax.lax.dynamic_update_index_in_dim(buffer, value.astype(buffer.dtype), t, 1)
 
-        positions = num_prompt + jnp.arange(max_new_tokens - 1, dtype=jnp.int32)
-        _, out = jax.lax.scan(step, (first, cache_k, cache_v), (positions, keys[1:]))
-        rest, rest_logits = out if with_logits else (out, None)
-        tokens = jnp.concatenate([first[:, None], rest.T], axis=1)  # [B, T]
+        tokens = put(jnp.full((batch, max_new_tokens), cfg.pad_id, jnp.int32), 0, first)
+        log_probs = put(jnp.zeros((batch, max_new_tokens), jnp.float32), 0, first_lp)
+        logits_out = None
+        if with_logits:
+            logits_out = jnp.zeros((batch, max_new_tokens, cfg.vocab_size), jnp.float32)
+            logits_out = put(logits_out, 0, first_logits)
+        ended = jnp.zeros((batch,), bool) if cfg.eos_id is None else first == cfg.eos_id
+
+        def running(carry):
+            t, ended = carry[0], carry[4]
+            return (t < max_new_tokens) & ~jnp.all(ended)  # stop once every row has ended
+
+        def step(carry):
+            t, token, cache_k, cache_v, ended, tokens, log_probs, logits_out = carry
+            slot = num_prompt + t - 1  # the cache slot of the token fed now
+            logits, cache_k, cache_v = self._decode_step(
+                token, slot, num_real + t - 1, cache_k, cache_v, key_valid
+            )
+            new, new_lp = sample(logits, keys[t])
+            if cfg.eos_id is not None:
+                ended = ended | (new == cfg.eos_id)
+            tokens, log_probs = put(tokens, t, new), put(log_probs, t, new_lp)
+            if logits_out is not None:
+                logits_out = put(logits_out, t, logits)
+            return t + 1, new, cache_k, cache_v, ended, tokens, log_probs, logits_out
+
+        carry = (jnp.int32(1), first, cache_k, cache_v, ended, tokens, log_probs, logits_out)
+        carry = jax.lax.while_loop(running, step, carry)
+        tokens, log_probs, logits_out = carry[5], carry[6], carry[7]
         if cfg.eos_id is None:
             mask = jnp.ones((batch, max_new_tokens), jnp.float32)
         else:
             tokens, mask = mask_after_eos(tokens, cfg.eos_id, cfg.pad_id)
-        if not with_logits:
-            return tokens, mask
-        logits = jnp.concatenate([first_logits[:, None], jnp.swapaxes(rest_logits, 0, 1)], 1)
-        return tokens, mask, logits
+        return tokens, mask, log_probs * mask, logits_out
 
     def generate(
         self,
@@ -483,12 +692,14 @@ class TransformerLM(nnx.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         top_p: float | None = None,
+        return_log_probs: bool = False,
     ):
         """Samples `max_new_tokens` tokens after each prompt, with a key/value cache.
 
         One prefill pass over the prompts fills a cache of keys and values
-        `[num_layers, B, P + max_new_tokens - 1, H, D/H]`; then a `lax.scan` feeds one
-        token at a time against it. Each token is drawn from
+        `[num_layers, B, P + max_new_tokens - 1, H, D/H]`; then a `lax.while_loop` feeds
+        one token at a time against it, and stops as soon as every row has produced
+        `config.eos_id` (the rest is padding). Each token is drawn from
         `softmax(logits / temperature)` restricted to the `top_k` most likely tokens
         (Fan et al. 2018) and then to the nucleus: the smallest set of most likely tokens
         whose probability reaches `top_p` (Holtzman et al. 2019); the most likely token is
@@ -505,16 +716,20 @@ class TransformerLM(nnx.Module):
         `temperature` (inside the caller's `jit`) is taken to be positive.
 
         Args:
-          prompts: int `[B, P]`, `P >= 1`, `P + max_new_tokens <= max_len`. Every row has
-            the same length (no padding mask).
+          prompts: int `[B, P]`, `P >= 1`, `P + max_new_tokens <= max_len`; or a
+            `PROMPT_KEYS` dict of left-padded prompts of different lengths and their
+            attention mask (`[B, P]` each).
           key: a `jax.random` key.
           max_new_tokens: completion length `T` (a static int).
           temperature: `>= 0`.
           top_k: None or an int in `[1, vocab_size]` (static).
           top_p: None or a float in `(0, 1]`.
+          return_log_probs: also return each token's log-probability under the
+            distribution it was drawn from (tempered and filtered; 0 after the end).
 
         Returns:
-          `(tokens [B, T] int32, mask [B, T] float32)`.
+          `(tokens [B, T] int32, mask [B, T] float32)`, then `log_probs [B, T] float32`
+          with `return_log_probs`.
 
         Example:
           >>> cfg = TransformerConfig(vocab_size=11, max_len=12, d_model=16, num_heads=2)
@@ -524,7 +739,8 @@ class TransformerLM(nnx.Module):
           >>> toks.shape, toks.dtype, mask.shape
           ((2, 3), dtype('int32'), (2, 3))
         """
-        return self._generate(
+        _checks.check_bool(return_log_probs, "return_log_probs")
+        tokens, mask, log_probs, _ = self._generate(
             prompts,
             key,
             max_new_tokens=max_new_tokens,
@@ -533,13 +749,15 @@ class TransformerLM(nnx.Module):
             top_p=top_p,
             with_logits=False,
         )
+        return (tokens, mask, log_probs) if return_log_probs else (tokens, mask)
 
     def _generate(self, prompts, key, *, max_new_tokens, temperature, top_k, top_p, with_logits):
-        """`generate`; with `with_logits`, also the `[B, T, V]` logits each token was drawn
-        from (before temperature and filtering)."""
+        """`generate` -> `(tokens, mask, log_probs, logits)`; with `with_logits`, `logits`
+        are the `[B, T, V]` logits each token was drawn from (before temperature and
+        filtering; zeros after every row has ended), else None."""
         cfg = self.config
         max_new_tokens = _checks.check_positive_int(max_new_tokens, "max_new_tokens")
-        prompts = _check_tokens(prompts, "prompts", cfg.max_len, "[B, P]")
+        prompts, prompt_mask = _check_prompts(prompts, "prompts", cfg.max_len)
         if prompts.shape[1] + max_new_tokens > cfg.max_len:
             raise ValueError(
                 f"`prompts` ({prompts.shape[1]} tokens) plus `max_new_tokens` "
@@ -561,11 +779,12 @@ class TransformerLM(nnx.Module):
         _check_top_p(top_p)
         greedy = temp_value == 0.0
         graphdef, state = nnx.split(self)
-        prompts, key = _on_params_devices((prompts, key), state)
+        prompts, prompt_mask, key = _on_params_devices((prompts, prompt_mask, key), state)
         return _generate_program(
             graphdef,
             state,
             prompts,
+            prompt_mask,
             key,
             jnp.asarray(1.0 if greedy else temperature, jnp.float32),
             jnp.asarray(1.0 if top_p is None else top_p, jnp.float32),
@@ -576,11 +795,21 @@ class TransformerLM(nnx.Module):
             with_logits=with_logits,
         )
 
+    def _check_sampling(self):
+        if self.sampling is None:
+            raise ValueError(
+                "this TransformerLM has no sampling settings: construct it with "
+                "`sampling=SamplingConfig(max_new_tokens=...)` to use `sample`, or call "
+                "`generate` with explicit settings"
+            )
+        return dataclasses.asdict(self.sampling)
+
     def sample(self, observations, key):
         """The trainers' sampling protocol: `generate(observations, key, **sampling)`.
 
         Args:
-          observations: int prompts `[B, P]`.
+          observations: int prompts `[B, P]`, or a `PROMPT_KEYS` dict of left-padded
+            prompts and their attention mask.
           key: a `jax.random` key.
 
         Returns:
@@ -593,13 +822,22 @@ class TransformerLM(nnx.Module):
           >>> model.sample(jnp.ones((2, 2), jnp.int32), jax.random.key(0))[0].shape
           (2, 3)
         """
-        if self.sampling is None:
-            raise ValueError(
-                "this TransformerLM has no sampling settings: construct it with "
-                "`sampling=SamplingConfig(max_new_tokens=...)` to use `sample`, or call "
-                "`generate` with explicit settings"
-            )
-        return self.generate(observations, key, **dataclasses.asdict(self.sampling))
+        return self.generate(observations, key, **self._check_sampling())
+
+    def sample_with_log_probs(self, observations, key):
+        """`sample`, plus each token's log-probability under the distribution it was drawn
+        from: `(actions, mask, log_probs [B, T])`, the behaviour log-probs of RL.
+
+        They equal `TokenCategorical(policy(observations, actions)).log_prob(actions)` up
+        to float rounding (cached decoding against one full forward pass).
+
+        Example:
+          >>> cfg = TransformerConfig(vocab_size=11, max_len=12, d_model=16, num_heads=2)
+          >>> model = TransformerLM(cfg, rngs=nnx.Rngs(0), sampling=SamplingConfig(3))
+          >>> model.sample_with_log_probs(jnp.ones((2, 2), jnp.int32), jax.random.key(0))[2].shape
+          (2, 3)
+        """
+        return self.generate(observations, key, **self._check_sampling(), return_log_probs=True)
 
 
 def _on_params_devices(inputs, state):
@@ -608,10 +846,12 @@ def _on_params_devices(inputs, state):
     A model trained data-parallel holds parameters replicated over several devices; a key
     or prompts made on the default device would not meet them inside one program. Inputs
     already on the parameters' devices (e.g. prompts sharded along the batch) stay as
-    they are.
+    they are. Inside a trace (the caller's `jit`) the caller places them.
     """
     leaves = jax.tree.leaves(state)
-    sharding = getattr(leaves[0], "sharding", None) if leaves else None
+    if not leaves or isinstance(leaves[0], jax.core.Tracer):
+        return inputs
+    sharding = getattr(leaves[0], "sharding", None)
     if not isinstance(sharding, jax.sharding.NamedSharding) or len(sharding.device_set) < 2:
         return inputs
     replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
@@ -633,6 +873,7 @@ def _generate_program(
     graphdef,
     state,
     prompts,
+    prompt_mask,
     key,
     temperature,
     top_p,
@@ -646,6 +887,7 @@ def _generate_program(
     model = nnx.merge(graphdef, state)
     return model._generate_traced(
         prompts,
+        prompt_mask,
         key,
         temperature,
         top_p,

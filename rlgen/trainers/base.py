@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from typing import Any
 
@@ -116,6 +117,7 @@ class Trainer:
         self.interrupted = False
         self.stop_training = False
         self._compiled_update = jax.jit(self._update, static_argnames=("static",))
+        self._unchecked_skip: tuple[int, jax.Array] | None = None
 
     # --------------------------------------------------------------- the algorithm
     @property
@@ -172,6 +174,7 @@ class Trainer:
         static = tuple((k, batch.pop(k)) for k in self.static_batch_keys if k in batch)
         for name, value in static:
             _checks.check_int(value, f"batch[{name!r}]", what="a Python int (it fixes shapes)")
+        self.report_skipped_update()
         state, metrics = self._compiled_update(
             self.state, self._rest, self.shard(batch), static=static
         )
@@ -179,7 +182,30 @@ class Trainer:
         self.step += 1
         self._binding.write_back(state)
         self._binding.count_update()
+        if "skipped" in metrics:
+            self._unchecked_skip = (self.step - 1, metrics["skipped"])
         return metrics
+
+    def report_skipped_update(self) -> None:
+        """Warns (RuntimeWarning) if the last step reported a skipped update.
+
+        An algorithm refuses to train on non-finite rewards, losses or gradients: the
+        compiled step leaves the parameters unchanged and reports ``skipped > 0``. The
+        trainer reads that metric on the host when the next step starts (and at the end of
+        `fit`), so the check never stalls the device pipeline and no host callback is
+        compiled into the step.
+        """
+        if self._unchecked_skip is None:
+            return
+        step, skipped = self._unchecked_skip
+        self._unchecked_skip = None
+        if float(skipped) > 0:
+            warnings.warn(
+                f"{type(self).__name__} step {step}: the update was skipped (non-finite "
+                "rewards, loss or gradient); the parameters and optimiser state are unchanged",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def train_step(self, batch: Mapping[str, Any]) -> dict[str, jax.Array]:
         """One update on ``batch``; returns the metrics dict (0-d arrays).
@@ -336,6 +362,7 @@ class Trainer:
             except BaseException as error:
                 hooks.on_exception(self, error)  # release files, bars, pending saves
                 raise
+            self.report_skipped_update()
             hooks.on_train_end(self)
         return metrics
 

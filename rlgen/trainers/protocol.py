@@ -20,7 +20,14 @@ values)``, with ``values`` shaped like the log-probs (``[B]`` or ``[B, T]``).
 **Sampling** (``train_step(batch, reward_fn, key)`` of `GRPOTrainer` and
 `REINFORCETrainer`): ``model.sample(observations, key)`` returns ``actions`` or
 ``(actions, mask)`` with ``mask`` ``[B, T]`` marking the valid tokens (1 through the end
-of sequence token, 0 after). `rlgen.models.TransformerLM` and `rlgen.models.MLPPolicy`
+of sequence token, 0 after). A model may also offer
+``model.sample_with_log_probs(observations, key) -> (actions, mask, log_probs)``, the
+log-probabilities of the sampled actions under the distribution they were drawn from;
+the trainers use it when an update needs the behaviour policy's log-probs (GRPO with
+``num_iterations > 1``), saving a forward pass. The trainers call ``sample`` inside a
+compiled program of the current parameters (one program per prompt shape): it must be
+traceable by `jax.jit`, as the forward pass is (a model whose ``sample`` is not is sampled
+eagerly, with a warning). `rlgen.models.TransformerLM` and `rlgen.models.MLPPolicy`
 follow all of this.
 
 **Denoisers** (the diffusion, flow and denoising RL trainers) are called
@@ -128,8 +135,20 @@ def policy_output(model, observations, *, with_values: bool = False):
     return as_distribution(out, who)
 
 
-def sample(model, observations, key):
-    """``model.sample(observations, key)`` as ``(actions, mask or None)``."""
+def sample(model, observations, key, *, with_log_probs: bool = False):
+    """``model.sample(observations, key)`` as ``(actions, mask or None, log_probs or None)``.
+
+    With ``with_log_probs`` and a model that has ``sample_with_log_probs``, that method's
+    behaviour log-probs; otherwise ``log_probs`` is None.
+    """
+    if with_log_probs and callable(getattr(model, "sample_with_log_probs", None)):
+        out = model.sample_with_log_probs(observations, key)
+        if not (isinstance(out, tuple) and len(out) == 3):
+            raise TypeError(
+                f"{type(model).__name__}.sample_with_log_probs must return "
+                f"(actions, mask, log_probs); got {type(out).__name__}"
+            )
+        return out
     fn = getattr(model, "sample", None)
     if not callable(fn):
         raise TypeError(
@@ -144,8 +163,8 @@ def sample(model, observations, key):
                 f"{type(model).__name__}.sample must return actions or (actions, mask); got a "
                 f"tuple of {len(out)}"
             )
-        return out
-    return out, None
+        return (*out, None)
+    return out, None, None
 
 
 def denoiser_shapes(model, data_shape=None, num_classes=None) -> tuple[tuple[int, ...], int]:

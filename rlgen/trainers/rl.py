@@ -9,13 +9,16 @@ returns its metrics (`rlgen.algorithms.GRPO_METRICS`, ...).
 repeats each prompt of ``batch["observations"]`` ``num_generations`` times (contiguous
 groups), draws completions with the model's ``sample(observations, key)``, scores them with
 ``reward_fn(samples, conditions)`` and updates; ``fit(data, reward_fn=...)`` does so for
-every batch of prompts. The behaviour-policy log-probs are recorded by the update itself:
-without a ``log_probs`` key, the algorithms take the current policy's log-probs before the
-first optimiser step, which is exactly the sampling policy.
+every batch of prompts. Sampling runs in one compiled program of the state's parameters
+(no model split or write-back on the way). The behaviour policy's log-probs: with one
+optimiser step per batch the update's own forward pass is exactly the sampling policy's
+(the ratio is 1 and costs nothing); with GRPO's ``num_iterations > 1`` they are the ones
+the sampler recorded (``sample_with_log_probs``), or else computed once by the update.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -66,10 +69,42 @@ class _SamplingTrainer(_AlgorithmTrainer):
     """Adds sampling: ``train_step(batch, reward_fn, key)`` and ``fit(..., reward_fn=)``."""
 
     static_batch_keys = ("group_size",)
+    _sampler = None  # the compiled sampling program, made on first use
 
     def _uses_group_size(self) -> bool:
         """Whether the algorithm reads ``group_size`` (the sampled batch then carries it)."""
         return True
+
+    def _uses_behaviour_log_probs(self) -> bool:
+        """Whether the update needs the sampler's log-probs (it cannot take them from its
+        own forward pass: several optimiser steps on one batch)."""
+        return False
+
+    def _sample(self, prompts, key):
+        """`protocol.sample` of the model with the state's parameters, compiled once per
+        prompt shape; eagerly (with a warning, once) when the model's `sample` cannot be
+        traced."""
+        with_log_probs = self._uses_behaviour_log_probs()
+        if self._sampler is None:
+            binding = self._binding
+
+            def run(params, rest, prompts, key):
+                model = binding.merge(params, rest)
+                return protocol.sample(model, prompts, key, with_log_probs=with_log_probs)
+
+            self._sampler = jax.jit(run)
+        if self._sampler is not protocol.sample:
+            try:
+                return self._sampler(self.state.params, self._rest, prompts, key)
+            except _UNTRACEABLE as error:
+                warnings.warn(
+                    f"{type(self.model).__name__}.sample cannot be traced by jax.jit "
+                    f"({type(error).__name__}); sampling eagerly from now on (slower)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                self._sampler = protocol.sample
+        return protocol.sample(self.model, prompts, key, with_log_probs=with_log_probs)
 
     def train_step(
         self, batch: Mapping[str, Any], reward_fn: Callable | None = None, key=None
@@ -101,13 +136,15 @@ class _SamplingTrainer(_AlgorithmTrainer):
         prompts = jax.tree.map(lambda x: jnp.repeat(x, group, axis=0), batch["observations"])
         prompts = self.shard(prompts)
         key = self.next_key() if key is None else key
-        actions, mask = protocol.sample(self.model, prompts, key)
+        actions, mask, log_probs = self._sample(prompts, key)
         scores = rewards.call_reward(reward_fn, actions, prompts)
         full = {"observations": prompts, "actions": actions, "rewards": scores}
         if "group_size" in batch or self._uses_group_size():
             full["group_size"] = group
         if mask is not None:
             full["mask"] = mask
+        if log_probs is not None:
+            full["log_probs"] = log_probs
         return self._run_update(full)
 
     def fit(
@@ -179,6 +216,18 @@ class GRPOTrainer(_SamplingTrainer):
 
     config_type = GRPOConfig
     factory = staticmethod(algorithms.grpo)
+
+    def _uses_behaviour_log_probs(self) -> bool:
+        return self.config.num_iterations > 1
+
+
+#: What tracing a non-traceable `sample` raises (then the trainer samples eagerly).
+_UNTRACEABLE = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerArrayConversionError,
+    jax.errors.TracerBoolConversionError,
+    jax.errors.TracerIntegerConversionError,
+)
 
 
 class PPOTrainer(_AlgorithmTrainer):

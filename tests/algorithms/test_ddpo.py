@@ -344,9 +344,7 @@ def test_non_finite_rewards_are_refused_eagerly_and_skipped_under_jit():
         D.ddpo_loss(params, batch, apply_fn, sampler, config)
     algo = D.ddpo(apply_fn, sampler, optax.adam(0.1), config)
     state = algo.init(params)
-    with pytest.warns(RuntimeWarning, match="non-finite"):
-        new, m = jax.jit(algo.update)(state, batch)
-        jax.block_until_ready(new)
+    new, m = jax.jit(algo.update)(state, batch)
     assert float(m["skipped"]) == 1.0
     for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

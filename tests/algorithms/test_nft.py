@@ -14,7 +14,6 @@ with ``var_t = (1 - t)^2 + t^2 S^2``, independent of ``x``: one of the shift's f
 
 import dataclasses
 import importlib
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -325,11 +324,7 @@ def test_non_finite_rewards_are_refused_eagerly_and_skipped_under_jit():
     bad["rewards"] = bad["rewards"].at[3].set(jnp.nan)
     with pytest.raises(ValueError, match="`rewards` holds 1 non-finite"):
         ALGO.update(state, bad)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        new, metrics = STEP(state, bad)
-        jax.block_until_ready(new)
-    assert any("update was skipped" in str(w.message) for w in caught)
+    new, metrics = STEP(state, bad)
     assert float(metrics["skipped"]) == 1.0
     for field in ("params", "opt_state", "old_params"):
         _close(getattr(new, field), getattr(state, field))

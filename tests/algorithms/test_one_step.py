@@ -175,12 +175,10 @@ def test_ppo_one_step_non_finite_rewards_are_refused_or_skipped():
         ppo_loss(make_params(), batch, gaussian)
     algo = ppo(gaussian, optax.adam(0.05))
     state = algo.init(make_params())
-    with pytest.warns(RuntimeWarning, match="non-finite"):
-        new, metrics = jax.jit(algo.update)(state, batch)
-        jax.block_until_ready(new)
+    new, metrics = jax.jit(algo.update)(state, batch)
     for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params), strict=True):
         np.testing.assert_array_equal(a, b)  # the update was skipped
-    assert np.isnan(metrics["mean_reward"])
+    assert np.isnan(metrics["mean_reward"]) and float(metrics["skipped"]) == 1.0
 
 
 # ----------------------------------------------------------------------------------------

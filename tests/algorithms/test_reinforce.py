@@ -164,6 +164,7 @@ def test_loss_metrics_and_entropy_bonus():
         "loss": policy_loss - 0.1 * entropy,
         "mean_reward": totals.mean(),
         "reward_std": totals.std(),
+        "skipped": 0.0,
     }
     assert set(metrics) == set(expected)
     for key, value in expected.items():

@@ -193,17 +193,22 @@ def test_sample_of_actions_or_actions_and_mask():
     key = jax.random.key(0)
     policy = MLPPolicy(3, 4, hidden=(8,), rngs=nnx.Rngs(0))
     obs = jnp.ones((5, 3))
-    actions, mask = protocol.sample(policy, obs, key)
-    assert mask is None and actions.shape == (5,) and actions.dtype == jnp.int32
+    actions, mask, log_probs = protocol.sample(policy, obs, key)
+    assert mask is None and log_probs is None
+    assert actions.shape == (5,) and actions.dtype == jnp.int32
     np.testing.assert_array_equal(actions, policy.sample(obs, key))
 
     model = lm()
     prompts = jnp.asarray(RNG.integers(3, V, (6, P)), jnp.int32)
-    actions, mask = protocol.sample(model, prompts, key)
-    assert actions.shape == mask.shape == (6, NEW)
+    actions, mask, log_probs = protocol.sample(model, prompts, key)
+    assert actions.shape == mask.shape == (6, NEW) and log_probs is None
     want_actions, want_mask = model.generate(prompts, key, max_new_tokens=NEW)
     np.testing.assert_array_equal(actions, want_actions)
     np.testing.assert_array_equal(mask, want_mask)
+    # With the behaviour log-probs, from the model's sample_with_log_probs.
+    actions, mask, log_probs = protocol.sample(model, prompts, key, with_log_probs=True)
+    np.testing.assert_array_equal(actions, want_actions)
+    assert log_probs.shape == (6, NEW) and np.all(np.asarray(log_probs) <= 0)
 
 
 def test_sample_errors_say_what_is_missing():
