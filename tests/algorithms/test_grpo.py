@@ -501,3 +501,44 @@ def test_config_accepts_its_documented_values():
 def test_factory_rejects_another_config_type():
     with pytest.raises(TypeError, match="GRPOConfig"):
         A.grpo(probe_fn, optax.sgd(0.1), A.REINFORCEConfig())
+
+
+# ------------------------------------------------------------ forward passes it needs
+
+
+def test_the_update_spends_no_forward_pass_it_does_not_need():
+    """Counted by XLA's cost analysis (one forward = 2 B T D (V + D) flops):
+    on-policy with one iteration the behaviour log-probs come from the loss's own pass
+    (the same flops as when the batch brings them); beta = 0 runs no reference forward
+    and keeps no reference copy; beta > 0 and num_iterations > 1 each add one forward."""
+    rows, steps, dim, vocab = 8, 4, 16, 32
+    keys = jax.random.split(jax.random.key(0), 4)
+    batch = {
+        "observations": jax.random.normal(keys[0], (rows, steps, dim)),
+        "actions": jax.random.randint(keys[1], (rows, steps), 0, vocab),
+        "rewards": jax.random.normal(keys[2], (rows,)),
+    }
+    weights = {
+        "h": 0.1 * jax.random.normal(keys[3], (dim, dim)),
+        "o": 0.1 * jax.random.normal(keys[3], (dim, vocab)),
+    }
+
+    def recurrent(w, obs):  # a loop, as a model's scanned layers: XLA cannot merge two
+        hidden, _ = jax.lax.scan(lambda h, _: (jnp.tanh(h @ w["h"]), None), obs, length=2)
+        return A.TokenCategorical(hidden @ w["o"])
+
+    def flops(config, batch):
+        algo = A.grpo(recurrent, optax.sgd(0.1), config)
+        state = algo.init(weights)
+        compiled = jax.jit(algo.update).lower(state, batch).compile()
+        return compiled.cost_analysis()["flops"], state
+
+    forward = 2 * rows * steps * dim * (vocab + dim)  # XLA counts a loop's body once
+    on_policy, state = flops(A.GRPOConfig(beta=0.0, reference="initial"), batch)
+    given, _ = flops(A.GRPOConfig(beta=0.0), {**batch, "log_probs": jnp.zeros((rows, steps))})
+    with_kl, kl_state = flops(A.GRPOConfig(beta=0.04, reference="initial"), batch)
+    two_iterations, _ = flops(A.GRPOConfig(beta=0.0, num_iterations=2), batch)
+    assert on_policy == given
+    assert state.ref_params == () and jax.tree.leaves(kl_state.ref_params)
+    assert forward <= with_kl - on_policy <= 1.5 * forward
+    assert forward <= two_iterations - on_policy <= 1.5 * forward  # scan body counted once
