@@ -4,6 +4,8 @@ the `rlgen.algorithms` update with a hand-written `policy_fn`), the generation p
 PPO's GAE from the batch and the errors.
 """
 
+import warnings
+
 import distrax
 import jax
 import jax.numpy as jnp
@@ -514,3 +516,102 @@ def test_ppo_needs_an_actor_critic():
     protocol_text = r"MLPPolicy\(observations\) to return \(logits_or_distribution, values\)"
     with pytest.raises(TypeError, match=protocol_text):
         trainer.train_step(ppo_batch())
+
+
+# ------------------------------------------------- the sampling path of the LM trainers
+
+
+def test_a_skipped_update_is_warned_about_on_the_host():
+    model = lm()
+    trainer = GRPOTrainer(model, opt(model), GRPOConfig(num_generations=G))
+
+    def broken(samples, conditions=None):
+        return count_ones(samples).at[0].set(jnp.nan)
+
+    before = jax.tree.map(np.asarray, trainer.state.params)
+    with pytest.warns(RuntimeWarning, match=r"GRPOTrainer step 0: the update was skipped"):
+        metrics = trainer.fit([{"observations": PROMPTS}], reward_fn=broken)
+    assert float(metrics["skipped"]) == 1.0
+    assert_trees_equal(trainer.state.params, before)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        trainer.train_step({"observations": PROMPTS}, count_ones)  # a good step: silent
+        trainer.train_step({"observations": PROMPTS}, count_ones)
+
+
+def test_left_padded_prompts_train_as_the_unpadded_ones():
+    """Padding plus an attention mask changes nothing: same samples, metrics, parameters."""
+    padded = {
+        "input_ids": jnp.pad(PROMPTS, ((0, 0), (2, 0)), constant_values=5),
+        "attention_mask": jnp.pad(jnp.ones(PROMPTS.shape), ((0, 0), (2, 0))),
+    }
+    config = TransformerConfig(
+        vocab_size=V, max_len=P + 2 + NEW, d_model=16, num_heads=2, num_layers=1, eos_id=EOS
+    )
+    results = []
+    for prompts in (PROMPTS, padded):
+        model = TransformerLM(config, rngs=nnx.Rngs(2), sampling=SamplingConfig(NEW))
+        sgd = nnx.Optimizer(model, optax.sgd(0.5), wrt=nnx.Param)  # Adam's first step is sign(g)
+        trainer = GRPOTrainer(model, sgd, GRPOConfig(num_generations=G))
+        seen = {}
+
+        def reward(samples, conditions=None, seen=seen):
+            seen["samples"] = samples
+            return count_ones(samples)
+
+        metrics = trainer.train_step({"observations": prompts}, reward, jax.random.key(3))
+        results.append((seen["samples"], metrics, trainer.state.params))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    for k in results[0][1]:
+        np.testing.assert_allclose(results[0][1][k], results[1][1][k], rtol=1e-5, atol=1e-6)
+    assert_close_trees(results[0][2], results[1][2], tol=1e-5)
+    assert float(results[0][1]["group_advantage_std"]) > 0  # the step did train
+
+
+@pytest.mark.parametrize("iterations", [1, 2])
+def test_behaviour_log_probs_come_from_the_sampler_only_when_needed(iterations, monkeypatch):
+    model = lm()
+    config = GRPOConfig(num_generations=G, num_iterations=iterations)
+    trainer = GRPOTrainer(model, opt(model), config)
+    batches = []
+    run = trainer._run_update
+    monkeypatch.setattr(trainer, "_run_update", lambda b: batches.append(b) or run(b))
+    key = jax.random.key(4)
+    trainer.train_step({"observations": PROMPTS}, count_ones, key)
+    batch = batches[0]
+    if iterations == 1:  # the update's own forward pass is the sampling policy's
+        assert "log_probs" not in batch
+        return
+    twin = lm()
+    actions, mask, log_probs = twin.sample_with_log_probs(batch["observations"], key)
+    np.testing.assert_array_equal(batch["actions"], actions)
+    np.testing.assert_allclose(batch["log_probs"], log_probs, rtol=1e-6)
+
+
+def test_the_trainer_samples_in_its_own_compiled_program(monkeypatch):
+    """After the first step, sampling never goes through the model's eager `generate` (no
+    model split, no write-back needed), and one program serves every step."""
+    model = lm()
+    trainer = GRPOTrainer(model, opt(model), GRPOConfig(num_generations=G))
+    trainer.train_step({"observations": PROMPTS}, count_ones)
+    eager = lambda *a, **k: pytest.fail("sampled eagerly")  # noqa: E731
+    monkeypatch.setattr(TransformerLM, "generate", eager)
+    for _ in range(2):
+        trainer.train_step({"observations": PROMPTS}, count_ones)
+    assert trainer._sampler._cache_size() == 1
+
+
+def test_a_model_whose_sample_cannot_be_traced_is_sampled_eagerly_with_a_warning():
+    class HostSampler(MLPPolicy):
+        def sample(self, observations, key):
+            logits = np.asarray(self(observations))  # host code: not traceable
+            return jnp.asarray(np.argmax(logits, axis=-1), jnp.int32)
+
+    model = HostSampler(OBS, 2, hidden=(8,), rngs=nnx.Rngs(0))
+    trainer = GRPOTrainer(model, opt(model), GRPOConfig(num_generations=2))
+    reward = lambda samples, conditions=None: samples.astype(jnp.float32)  # noqa: E731
+    with pytest.warns(RuntimeWarning, match="HostSampler.sample cannot be traced"):
+        trainer.train_step({"observations": jnp.ones((2, OBS))}, reward)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        trainer.train_step({"observations": jnp.ones((2, OBS))}, reward)  # warned once
