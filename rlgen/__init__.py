@@ -54,10 +54,11 @@ _EXPORTS = {
     "FlowTrainer": "rlgen.trainers",
     "EnergyConfig": "rlgen.trainers",
     "EnergyTrainer": "rlgen.trainers",
+    "enable_compilation_cache": "rlgen.compilation",
 }
 _SUBMODULES = (
-    "algorithms", "callbacks", "checkpoints", "datasets", "generative", "models", "ops",
-    "quality", "rewards", "trainers",
+    "algorithms", "callbacks", "checkpoints", "compilation", "datasets", "generative", "models",
+    "ops", "quality", "rewards", "trainers",
 )
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES) + ["__version__"]

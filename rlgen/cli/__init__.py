@@ -17,7 +17,9 @@ outputs runs in a `RunFolder` (`rlgen.cli.run_folder`), which adds the `RunOptio
 option, a malformed value, an output folder that cannot be used) exits with code 2 and a
 hint; Ctrl-C during training saves a checkpoint and exits with code 130 (``--resume``
 continues). ``--devices N`` is read before JAX is imported, so that it can set up N host
-devices on a CPU machine.
+devices on a CPU machine. Every run keeps its compiled programs on disk
+(`rlgen.enable_compilation_cache`: ``~/.cache/rlgen/jax``, or the directory named by
+``RLGEN_COMPILATION_CACHE``; ``off`` disables it), so a rerun starts in seconds.
 """
 
 from rlgen.cli.command import (

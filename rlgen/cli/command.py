@@ -171,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _set_host_devices(_requested_devices(argv))  # before a recipe (and JAX) is imported
     command = parse(argv)
+    from rlgen.compilation import enable_compilation_cache
+
+    enable_compilation_cache()  # a rerun loads its compiled programs instead of compiling
     try:
         summary = run_recipe(command.recipe, command.config, command.options)
     except (UsageError, MissingExtraError) as err:
