@@ -302,6 +302,16 @@ def _attention(q, k, v, mask):
     return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
 
+def _attention_cached(q, k, v, mask):
+    """`_attention` against a cache laid out `[B, H, S, d]` (the layout a batched
+    matrix-vector product reads without a transpose)."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    scores = jnp.einsum("bqhd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bhkd->bqhd", weights, v)
+
+
 class _Block(nnx.Module):
     """One pre-LayerNorm block: `x + attn(LN(x))`, then `x + mlp(LN(x))`."""
 
@@ -466,7 +476,7 @@ class TransformerLM(nnx.Module):
     def _trunk(self, tokens, mask=None, *, with_cache=False):
         """`tokens [B, L]` (with an optional left-padding mask `[B, L]`) -> (final-LN
         hidden `[B, L, D]`, with `with_cache` the keys and values
-        `[num_layers, B, L, H, D/H]` as a pair, else None)."""
+        `[num_layers, B, H, L, D/H]` as a pair, else None)."""
         batch, length = tokens.shape
         x = self.token_embed(tokens) + self.pos_embed(_positions(mask, length))
         allowed = jnp.tril(jnp.ones((length, length), bool))[None, None]  # [1, 1, L, L]
@@ -474,8 +484,8 @@ class TransformerLM(nnx.Module):
             allowed = allowed & (mask > 0)[:, None, None, :]
         cfg = self.config
         cache = None
-        if with_cache:
-            kv_shape = (cfg.num_layers, batch, length, cfg.num_heads, cfg.head_dim)
+        if with_cache:  # laid out [num_layers, B, H, L, D/H] for decoding
+            kv_shape = (cfg.num_layers, batch, cfg.num_heads, length, cfg.head_dim)
             cache = (jnp.zeros(kv_shape, cfg.dtype), jnp.zeros(kv_shape, cfg.dtype))
 
         def body(block, layer, carry):
@@ -483,7 +493,9 @@ class TransformerLM(nnx.Module):
             q, k, v = block.project(x)
             if cache is not None:
                 cache = tuple(
-                    jax.lax.dynamic_update_index_in_dim(c, new.astype(c.dtype), layer, 0)
+                    jax.lax.dynamic_update_index_in_dim(
+                        c, jnp.swapaxes(new, 1, 2).astype(c.dtype), layer, 0
+                    )
                     for c, new in zip(cache, (k, v), strict=True)
                 )
             return block.finish(x, _attention(q, k, v, allowed)), cache
@@ -582,24 +594,27 @@ class TransformerLM(nnx.Module):
 
     def _decode_step(self, token, slot, position, cache_k, cache_v, key_valid):
         """One token `[B]` at cache `slot` (int) and `position` `[B]`, against caches
-        `[num_layers, B, S, H, D/H]` whose valid slots are `key_valid [B, S]`.
+        `[num_layers, B, H, S, D/H]` whose valid slots are `key_valid [B, S]`.
 
         Writes this token's keys and values at `slot` and returns
         `(logits [B, V], cache_k, cache_v)`.
         """
         x = self.token_embed(token[:, None]) + self.pos_embed(position[:, None])
-        slots = jnp.arange(cache_k.shape[2])
+        slots = jnp.arange(cache_k.shape[3])
         may_attend = ((slots <= slot)[None, :] & key_valid)[:, None, None, :]  # [B,1,1,S]
 
         def body(block, layer, carry):
             x, cache_k, cache_v = carry
             q, k, v = block.project(x)  # [B, 1, H, D/H]
-            at = (layer, 0, slot, 0, 0)
-            cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), at)
-            cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), at)
+            at = (layer, 0, 0, slot, 0)
+            put = lambda c, new: jax.lax.dynamic_update_slice(  # noqa: E731
+                c, jnp.swapaxes(new, 1, 2)[None].astype(c.dtype), at
+            )
+            cache_k, cache_v = put(cache_k, k), put(cache_v, v)
             layer_k = jax.lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False)
             layer_v = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False)
-            return block.finish(x, _attention(q, layer_k, layer_v, may_attend)), cache_k, cache_v
+            attended = _attention_cached(q, layer_k, layer_v, may_attend)
+            return block.finish(x, attended), cache_k, cache_v
 
         x, cache_k, cache_v = self._layers((x, cache_k, cache_v), body)
         return self._logits(self.ln_final(x))[:, 0], cache_k, cache_v
@@ -640,7 +655,7 @@ class TransformerLM(nnx.Module):
 
         # Prefill: one pass over the prompt fills the first `P` cache slots.
         hidden, (k, v) = self._trunk(prompts, prompt_mask, with_cache=True)
-        pad = ((0, 0), (0, 0), (0, cache_len - num_prompt), (0, 0), (0, 0))
+        pad = ((0, 0), (0, 0), (0, 0), (0, cache_len - num_prompt), (0, 0))
         cache_k, cache_v = jnp.pad(k, pad), jnp.pad(v, pad)
         first_logits = self._logits(hidden[:, -1])
         first, first_lp = sample(first_logits, keys[0])
@@ -697,7 +712,7 @@ class TransformerLM(nnx.Module):
         """Samples `max_new_tokens` tokens after each prompt, with a key/value cache.
 
         One prefill pass over the prompts fills a cache of keys and values
-        `[num_layers, B, P + max_new_tokens - 1, H, D/H]`; then a `lax.while_loop` feeds
+        `[num_layers, B, H, P + max_new_tokens - 1, D/H]`; then a `lax.while_loop` feeds
         one token at a time against it, and stops as soon as every row has produced
         `config.eos_id` (the rest is padding). Each token is drawn from
         `softmax(logits / temperature)` restricted to the `top_k` most likely tokens
