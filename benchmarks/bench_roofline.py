@@ -135,45 +135,49 @@ def build(size: Size, *, beta: float, scan: bool):
     return cfg, model, trainer
 
 
-def measure(size: Size, repeats: int):
+def measure_one(size: Size, *, scan: bool, beta: float, timed: bool, repeats: int):
+    """Compile seconds of the generation and update programs; with `timed`, their median
+    run seconds too."""
     rows = size.prompts * size.generations
     key = jax.random.key(0)
     prompts = jax.random.randint(key, (rows, size.prompt_len), 0, size.vocab)
+    cfg, model, trainer = build(size, beta=beta, scan=scan)
+    graphdef, state = nnx.split(model)
+
+    def generate(state, prompts, key):
+        return nnx.merge(graphdef, state).generate(prompts, key, max_new_tokens=size.new_tokens)
+
+    gen = jax.jit(generate)
+    start = time.perf_counter()
+    gen.lower(state, prompts, key).compile()
+    out = {"generation_compile_s": time.perf_counter() - start}
+    actions, mask = gen(state, prompts, key)
+    batch = {
+        "observations": prompts,
+        "actions": actions,
+        "rewards": jax.random.normal(key, (rows,)),
+        "mask": mask,
+    }
+    static = (("group_size", size.generations),)
+    step = trainer._compiled_update  # the trainer's compiled GRPO update
+    start = time.perf_counter()
+    step.lower(trainer.state, trainer._rest, batch, static=static).compile()
+    out["update_compile_s"] = time.perf_counter() - start
+    if timed:
+        out["generation_s"] = median_time(lambda: gen(state, prompts, key), repeats)
+        out["update_s"] = median_time(
+            lambda: step(trainer.state, trainer._rest, batch, static=static), repeats
+        )
+    return cfg, out
+
+
+def measure(size: Size, repeats: int):
     out = {}
     for scan in (True, False):
         for beta in (0.0, 0.04):
-            cfg, model, trainer = build(size, beta=beta, scan=scan)
-            graphdef, state = nnx.split(model)
-            gen = jax.jit(
-                lambda s, p, k: nnx.merge(graphdef, s).generate(
-                    p, k, max_new_tokens=size.new_tokens
-                )
-            )
-            start = time.perf_counter()
-            gen.lower(state, prompts, key).compile()
-            gen_compile = time.perf_counter() - start
-            actions, mask = gen(state, prompts, key)
-            batch = {
-                "observations": prompts,
-                "actions": actions,
-                "rewards": jax.random.normal(key, (rows,)),
-                "mask": mask,
-            }
-            static = (("group_size", size.generations),)
-            step = trainer._compiled_update
-            start = time.perf_counter()
-            step.lower(trainer.state, trainer._rest, batch, static=static).compile()
-            update_compile = time.perf_counter() - start
             name = f"{'scan' if scan else 'unrolled'} beta={beta}"
-            out[name] = {
-                "generation_compile_s": gen_compile,
-                "update_compile_s": update_compile,
-            }
-            if scan:  # run times: the scanned default
-                out[name]["generation_s"] = median_time(lambda: gen(state, prompts, key), repeats)
-                out[name]["update_s"] = median_time(
-                    lambda: step(trainer.state, trainer._rest, batch, static=static), repeats
-                )
+            # run times of the scanned default only
+            cfg, out[name] = measure_one(size, scan=scan, beta=beta, timed=scan, repeats=repeats)
     return cfg, out
 
 
