@@ -67,13 +67,21 @@ SIZES = {
 
 
 def median_time(fn, repeats):
-    jax.block_until_ready(fn())  # warm
-    times = []
+    return interleaved_medians({"fn": fn}, repeats)["fn"]
+
+
+def interleaved_medians(fns, repeats):
+    """Median seconds of each of `fns` (a dict of thunks), timed in turn, round by round,
+    so that a noisy machine slows all of them alike."""
+    for fn in fns.values():
+        jax.block_until_ready(fn())  # warm
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def device_peaks(dtype, repeats=5):
@@ -135,9 +143,8 @@ def build(size: Size, *, beta: float, scan: bool):
     return cfg, model, trainer
 
 
-def measure_one(size: Size, *, scan: bool, beta: float, timed: bool, repeats: int):
-    """Compile seconds of the generation and update programs; with `timed`, their median
-    run seconds too."""
+def measure_one(size: Size, *, scan: bool, beta: float):
+    """Compile seconds of the generation and update programs, and thunks running them."""
     rows = size.prompts * size.generations
     key = jax.random.key(0)
     prompts = jax.random.randint(key, (rows, size.prompt_len), 0, size.vocab)
@@ -163,21 +170,23 @@ def measure_one(size: Size, *, scan: bool, beta: float, timed: bool, repeats: in
     start = time.perf_counter()
     step.lower(trainer.state, trainer._rest, batch, static=static).compile()
     out["update_compile_s"] = time.perf_counter() - start
-    if timed:
-        out["generation_s"] = median_time(lambda: gen(state, prompts, key), repeats)
-        out["update_s"] = median_time(
-            lambda: step(trainer.state, trainer._rest, batch, static=static), repeats
-        )
-    return cfg, out
+    runners = {
+        "generation_s": lambda: gen(state, prompts, key),
+        "update_s": lambda: step(trainer.state, trainer._rest, batch, static=static),
+    }
+    return cfg, out, runners
 
 
 def measure(size: Size, repeats: int):
-    out = {}
+    out, runners = {}, {}
     for scan in (True, False):
         for beta in (0.0, 0.04):
             name = f"{'scan' if scan else 'unrolled'} beta={beta}"
-            # run times of the scanned default only
-            cfg, out[name] = measure_one(size, scan=scan, beta=beta, timed=scan, repeats=repeats)
+            cfg, out[name], run = measure_one(size, scan=scan, beta=beta)
+            if scan:  # run times of the scanned default only
+                runners.update({(name, part): fn for part, fn in run.items()})
+    for (name, part), seconds in interleaved_medians(runners, repeats).items():
+        out[name][part] = seconds
     return cfg, out
 
 
