@@ -20,8 +20,11 @@ output projections of each block further scaled by 1 / (2 num_layers); biases 0)
 
 The blocks' parameters are stacked along a leading layer axis (`model.blocks` is one
 block whose arrays are `[num_layers, ...]`) and applied by a `lax.scan` over layers
-(`scan_layers=True`, the default: the compiled program holds one block, so compiling
-takes the same time for 2 layers or 48) or by an unrolled loop (`scan_layers=False`).
+(`scan_layers=True`: the compiled program holds one block, so compiling takes about the
+same time for 2 layers or 48) or by an unrolled loop (`scan_layers=False`: measured faster
+to run on the CPU, e.g. a 4-layer GRPO update 1.74 s unrolled against 2.07 s scanned).
+The default, None, scans on accelerators and unrolls on the CPU; the parameters are the
+same either way.
 
 **Prompts with padding.** Prompts of different lengths are left-padded and come with an
 attention mask, as a dict ``{"input_ids": [B, P], "attention_mask": [B, P]}``
@@ -102,7 +105,8 @@ class TransformerConfig:
       tie_embeddings: score tokens with the transposed token embedding (no head matrix,
         no head bias; GPT-2's choice: `V * D` fewer parameters and optimiser state).
       scan_layers: apply the stacked blocks with a `lax.scan` (one block in the compiled
-        program) rather than unrolled; the parameters are the same either way.
+        program: faster compiles) rather than unrolled (faster runs on the CPU); None (the
+        default) scans except on the CPU backend. The parameters are the same either way.
 
     Example:
       >>> TransformerConfig(vocab_size=16, max_len=8, d_model=8, num_heads=2).head_dim
@@ -119,7 +123,7 @@ class TransformerConfig:
     eos_id: int | None = None
     dtype: Any = jnp.float32
     tie_embeddings: bool = False
-    scan_layers: bool = True
+    scan_layers: bool | None = None
 
     def __post_init__(self):
         _checks.check_positive_int(self.vocab_size, "vocab_size")
@@ -143,7 +147,8 @@ class TransformerConfig:
             raise ValueError(f"`dtype` must be a floating dtype (e.g. float32), got {dtype}")
         object.__setattr__(self, "dtype", dtype)
         _checks.check_bool(self.tie_embeddings, "tie_embeddings")
-        _checks.check_bool(self.scan_layers, "scan_layers")
+        if self.scan_layers is not None:
+            _checks.check_bool(self.scan_layers, "scan_layers")
 
     @property
     def head_dim(self) -> int:
@@ -467,7 +472,10 @@ class TransformerLM(nnx.Module):
             return body(nnx.merge(graphdef, layer_state), layer, carry), None
 
         layers = jnp.arange(num_layers, dtype=jnp.int32)
-        if self.config.scan_layers:
+        scan = self.config.scan_layers
+        if scan is None:
+            scan = jax.default_backend() != "cpu"
+        if scan:
             return jax.lax.scan(step, carry, (layers, state))[0]
         for i in range(num_layers):
             carry, _ = step(carry, jax.tree.map(lambda x, i=i: x[i], (layers, state)))

@@ -412,3 +412,24 @@ def test_a_new_loss_type_is_one_registry_entry():
         [sys.executable, "-c", _NEW_LOSS_TYPE], capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_one_stacked_forward_and_two_separate_ones_give_the_same_loss_and_gradient():
+    """Sides of one shape run through the policy once, stacked; sides of different shapes
+    (here the rejected observations carry an extra axis) run separately: same values."""
+    calls = []
+
+    def counting(params, rows):
+        calls.append(rows.shape)
+        return Probe(params[rows.reshape(-1)])
+
+    config = A.DPOConfig(reference="batch")
+    grad = jax.grad(lambda p, b: A.dpo_sequence_loss(p, b, counting, config)[0])
+    stacked = grad(PARAMS, seq_batch(**ref_keys()))
+    assert calls == [(2 * B,)]  # one forward pass of both sides
+    calls.clear()
+    apart = seq_batch(rejected_observations=jnp.arange(B, 2 * B)[:, None], **ref_keys())
+    separate = grad(PARAMS, apart)
+    assert calls == [(B,), (B, 1)]
+    np.testing.assert_allclose(stacked, separate, rtol=1e-6, atol=1e-7)
+    assert np.abs(np.asarray(stacked)).max() > 0

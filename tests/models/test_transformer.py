@@ -566,11 +566,13 @@ def test_tied_embeddings_drop_the_head_and_score_with_the_embedding():
 
 def test_scanned_and_unrolled_layers_compute_the_same_and_scan_compiles_one_block(model):
     unrolled = _make(dataclasses.replace(CFG, scan_layers=False), sampling=SAMPLING)
+    scanned = _make(dataclasses.replace(CFG, scan_layers=True), sampling=SAMPLING)
     nnx.update(unrolled, nnx.state(model))
+    nnx.update(scanned, nnx.state(model))
     tokens = _prompts(4)
-    np.testing.assert_allclose(unrolled(tokens), model(tokens), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(unrolled(tokens), scanned(tokens), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(
-        unrolled.sample(tokens, _key(1))[0], model.sample(tokens, _key(1))[0]
+        unrolled.sample(tokens, _key(1))[0], scanned.sample(tokens, _key(1))[0]
     )
 
     def hlo_size(num_layers, scan):
