@@ -23,19 +23,20 @@ same ids. Nothing is downloaded.
 
 Each (library, work, setting, round) is its own process, interleaved: for round 1..R, for
 each work and setting (GRPO beta 0, GRPO beta 0.04, DPO frozen, DPO precomputed), TRL's run
-then rlgen's. A process builds
-everything, times the first step separately (rlgen: JIT compilation; TRL: first-call
-warm-up), then reports the median seconds per step over the steps after ``--warmup``,
-completions per second (GRPO), peak RSS (``ru_maxrss``), the per-step curve (GRPO: mean
-reward of the step's completions; DPO: the training loss) and held-out accuracy, as one line
-``BENCH_RESULT {json}`` on stdout. The table shows medians over rounds; the curves are
-averaged over rounds (the seed is the round number on both sides, but the libraries draw
-different initial weights and samples from it, so curves agree in distribution, not
-exactly). A step is timed end to end: sampling (GRPO), the reward, the update and reading
-the step's metrics back to Python (rlgen blocks on them; TRL logs every step).
+then rlgen's. A process builds everything, times the first step separately (rlgen: JIT
+compilation; TRL: first-call warm-up), then reports the median seconds per step over the
+steps after ``--warmup``, completions per second (GRPO), peak RSS (``ru_maxrss``), the
+per-step curve (GRPO: mean reward of the step's completions; DPO: the training loss) and
+held-out accuracy, as one line ``BENCH_RESULT {json}`` on stdout. The table shows medians
+over rounds; the curves are averaged over rounds (the seed is the round number on both
+sides, but the libraries draw different initial weights and samples from it, so the curves
+agree in distribution, not exactly). A step is timed end to end: sampling (GRPO), the
+reward, the update and reading the step's metrics back to Python (rlgen blocks on them;
+TRL logs every step).
 
 Settings TRL needs to run the same work (its defaults differ): ``bf16=False`` (TRL defaults
-to bf16), ``gradient_checkpointing=False`` (TRL defaults to on; rlgen does not rematerialise),
+to bf16), ``activation_checkpointing=False`` (transformers 5's name for TRL's
+``gradient_checkpointing``, on by default in TRL; rlgen does not rematerialise),
 ``lr_scheduler_type="constant"`` (the Trainer decays linearly by default),
 ``use_bias_correction_kl=False`` (TRL 1.16 multiplies the KL term by the importance ratio,
 which changes its gradient; rlgen's penalty is the plain k3 estimate), ``loss_type="dapo"``
@@ -49,10 +50,12 @@ TRL builds no reference model at beta 0), beta 0.04 ``reference="initial"``.
 
 Differences that remain (the libraries' designs, stated, not hidden):
 
-* Initialisation: GPT-2 draws every weight from N(0, 0.02^2); rlgen's TransformerLM uses
-  fan-in scaled normals for the dense layers. GPT-2's output head is tied to the token
-  embedding and has no bias; rlgen ties it when its ``TransformerConfig`` has
-  ``tie_embeddings`` (set when present) and its head keeps a bias.
+* Initialisation: GPT-2 draws every weight from N(0, 0.02^2) (its residual projections
+  scaled down); rlgen's TransformerLM uses fan-in scaled normals for the dense layers
+  (N(0, 0.02^2) for the embeddings). Both score tokens with the transposed token embedding
+  (GPT-2's tied head, no bias; rlgen's ``tie_embeddings=True``, set when its
+  ``TransformerConfig`` has the field: an untied head, with its ~N(0, 1/D) weights, makes
+  the first steps several times larger on both libraries and the curves part ways).
 * Sampling: TRL calls ``transformers`` ``generate`` (a dynamic KV cache, Python loop over
   tokens, stops when every row has emitted EOS); rlgen's sampler is one compiled
   ``lax.scan`` of 16 steps with a static KV cache.
@@ -62,9 +65,15 @@ Differences that remain (the libraries' designs, stated, not hidden):
 * Precomputed DPO reference: TRL computes it in the trainer's constructor, in batches of
   16, and caches it as a ``datasets`` column; rlgen computes it here with one jitted call
   over all training pairs. Both count in ``setup_s``, not in the steps.
-* Threads: each library as shipped (torch: one thread per core; XLA: its default CPU
-  client). Other processes on the machine share the cores; interleaving the rounds
-  spreads that noise over both sides.
+* Threads: each library as shipped (torch: one intra-op thread per core; XLA: its default
+  CPU client). torch's pool is fragile next to other work: with one core busy elsewhere a
+  TRL GRPO step went from 0.06 s to about 4 s (with ``OMP_NUM_THREADS=1``: 0.07 s), while
+  rlgen's stayed near 0.03 s. So before each run the script waits (``--max-wait``) until
+  other processes use under a quarter of a core, and reports the cores they used during
+  each run (``other_cores_during``); numbers from a busy machine measure the machine.
+* First step: rlgen compiles its sampler and update (JAX's persistent compilation cache,
+  ``rlgen.enable_compilation_cache``, is left off: each process compiles cold); TRL has
+  nothing to compile (``generate`` runs eagerly, ``disable_compile=True``).
 
 Run: ``python benchmarks/bench_trl.py [--rounds 3] [--steps 40] [--quick] [--out
 runs/bench_trl.json]``; the TRL side needs ``.venv-trl`` (``make bench`` creates it from
@@ -498,7 +507,7 @@ def report(results, works, rounds):
             f"{fmt(median_of(trl, 'import_s'), '{:.2f}'):>10} "
             f"{fmt(median_of(rl, 'import_s'), '{:.2f}'):>12} {acc(trl):>16} {acc(rl):>18}"
         )
-    for work, what in (("grpo", "mean reward"), ("dpo", "DPO loss")):
+    for work, what in (("grpo", "mean reward"), ("dpo", "training loss")):
         settings = [(s, label) for (w, s), (label, _) in works.items() if w == work]
         if not settings:
             continue

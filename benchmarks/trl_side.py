@@ -15,7 +15,8 @@ there (the reference is then exactly the initial weights).
 
 TRL settings that differ from TRL's defaults, to run the same work as rlgen (the reasons are
 in ``bench_trl.py``'s docstring): ``bf16=False`` (TRL turns bf16 on by default),
-``gradient_checkpointing=False`` (on by default in TRL), ``lr_scheduler_type="constant"``
+``activation_checkpointing=False`` (transformers 5's name for
+``gradient_checkpointing``, on by default in TRL), ``lr_scheduler_type="constant"``
 (the Trainer decays linearly by default), ``use_bias_correction_kl=False`` (TRL 1.16
 multiplies the KL term by the importance ratio), ``shuffle_dataset=False`` /
 ``train_sampling_strategy="sequential"`` (both sides see the prompts and pairs in the same
