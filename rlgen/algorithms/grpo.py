@@ -256,6 +256,8 @@ def _loss(params, prepared: _Prepared, policy_fn, config, norm, counts):
     batch_size = log_probs.shape[0]
     log_probs = _as_tokens(log_probs, batch_size)
     entropy = _as_tokens(entropy, batch_size)
+    if config.entropy_coeff == 0:  # a metric only: no backward pass through it
+        entropy = jax.lax.stop_gradient(entropy)
     mask = prepared.mask
     old_log_probs = prepared.old_log_probs
     if old_log_probs is None:  # on-policy: this very forward is the sampling policy's

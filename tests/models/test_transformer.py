@@ -583,3 +583,18 @@ def test_scanned_and_unrolled_layers_compute_the_same_and_scan_compiles_one_bloc
 
     assert hlo_size(8, True) < 1.1 * hlo_size(2, True)  # the program does not grow
     assert hlo_size(8, False) > 2 * hlo_size(2, False)
+
+
+def test_predrawn_noise_draws_the_same_tokens_as_step_by_step_draws(model, monkeypatch):
+    """Small runs draw every step's Gumbel noise up front; large ones draw it per step:
+    the same bits, hence the same tokens, either way."""
+    prompts, key = _prompts(8), jax.random.key(3)
+    settings = {"max_new_tokens": NEW, "temperature": 0.8, "top_k": 4}
+    assert NEW * 8 * CFG.vocab_size <= tf_module.PREDRAWN_NOISE_LIMIT
+    predrawn = model.generate(prompts, key, **settings)
+    monkeypatch.setattr(tf_module, "PREDRAWN_NOISE_LIMIT", 0)
+    tf_module._generate_program.clear_cache()  # the limit is read when tracing
+    stepwise = model.generate(prompts, key, **settings)
+    tf_module._generate_program.clear_cache()
+    np.testing.assert_array_equal(predrawn[0], stepwise[0])
+    np.testing.assert_allclose(predrawn[1], stepwise[1])
