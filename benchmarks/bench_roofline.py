@@ -44,7 +44,7 @@ from flax import nnx
 
 from rlgen.algorithms import GRPOConfig
 from rlgen.models import SamplingConfig, TransformerConfig, TransformerLM
-from rlgen.trainers import GRPOTrainer
+from rlgen.trainers import DPOTrainer, GRPOTrainer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,13 +56,14 @@ class Size:
     generations: int
     prompt_len: int
     new_tokens: int
+    dpo_pairs: int
     dtype: str = "float32"
 
 
 SIZES = {
-    "tiny": Size(2, 128, 32, 2, 8, 6, 16),
-    "small": Size(4, 256, 4096, 8, 8, 32, 64),
-    "gpt2": Size(12, 768, 32768, 16, 8, 64, 128, "bfloat16"),
+    "tiny": Size(2, 128, 32, 2, 8, 6, 16, 16),
+    "small": Size(4, 256, 4096, 8, 8, 32, 64, 32),
+    "gpt2": Size(12, 768, 32768, 16, 8, 64, 128, 32, "bfloat16"),
 }
 
 
@@ -120,8 +121,12 @@ def floors(size: Size, cfg: TransformerConfig, peak, bandwidth):
     length = size.prompt_len + size.new_tokens - 1
     attention = 4 * rows * cfg.num_layers * cfg.d_model * length * length / 2  # causal
     forward = 2 * matmul * tokens + attention
+    # DPO: forward and backward of chosen and rejected (2 x pairs rows of `length` tokens)
+    # and the frozen reference's forward: 4 forward passes' flops
+    per_row = 2 * matmul * length + 4 * cfg.num_layers * cfg.d_model * length * length / 2
+    dpo = 4 * 2 * size.dpo_pairs * per_row
     return {"generation": generation, "update": 3 * forward / peak,
-            "update_kl": 4 * forward / peak}
+            "update_kl": 4 * forward / peak, "dpo": dpo / peak}
 
 
 def build(size: Size, *, beta: float, scan: bool):
@@ -174,6 +179,20 @@ def measure_one(size: Size, *, scan: bool, beta: float):
         "generation_s": lambda: gen(state, prompts, key),
         "update_s": lambda: step(trainer.state, trainer._rest, batch, static=static),
     }
+    if beta == 0.0:  # DPO once per layout: frozen reference, sigmoid loss
+        pairs = size.dpo_pairs
+        seqs = jax.random.randint(key, (2, pairs, size.new_tokens), 0, size.vocab)
+        dpo_batch = {
+            "chosen_observations": prompts[:pairs],
+            "chosen_actions": seqs[0],
+            "rejected_observations": prompts[:pairs],
+            "rejected_actions": seqs[1],
+        }
+        dpo = DPOTrainer(model, nnx.Optimizer(model, optax.adam(1e-5), wrt=nnx.Param))
+        start = time.perf_counter()
+        dpo._compiled_update.lower(dpo.state, dpo._rest, dpo_batch).compile()
+        out["dpo_compile_s"] = time.perf_counter() - start
+        runners["dpo_s"] = lambda: dpo._compiled_update(dpo.state, dpo._rest, dpo_batch)
     return cfg, out, runners
 
 
@@ -214,15 +233,21 @@ def main():
         ("GRPO step (generation + update with KL)",
          scanned[0]["generation_s"] + scanned[1]["update_s"],
          floor["generation"] + floor["update_kl"]),
+        (f"DPO step ({size.dpo_pairs} pairs, frozen reference)", scanned[0]["dpo_s"],
+         floor["dpo"]),
     ]
     for name, measured, low in rows:
         print(f"| {name} | {measured:.4f} | {low:.4f} | {measured / low:.1f}x |")
-    print("\n| compile s | generation | update (beta 0) | update (KL) |")
-    print("|---|---:|---:|---:|")
+    print("\n| compile s | generation | update (beta 0) | update (KL) | DPO |")
+    print("|---|---:|---:|---:|---:|")
     for layout in ("scan", "unrolled"):
         a, b = results[f"{layout} beta=0.0"], results[f"{layout} beta=0.04"]
         print(f"| {layout} layers | {a['generation_compile_s']:.1f} | "
-              f"{a['update_compile_s']:.1f} | {b['update_compile_s']:.1f} |")
+              f"{a['update_compile_s']:.1f} | {b['update_compile_s']:.1f} | "
+              f"{a['dpo_compile_s']:.1f} |")
+    stats = getattr(jax.devices()[0], "memory_stats", lambda: None)() or {}
+    if "peak_bytes_in_use" in stats:
+        print(f"\npeak device memory {stats['peak_bytes_in_use'] / 2**30:.1f} GiB")
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"size": dataclasses.asdict(size), "peak_flops": peak,
