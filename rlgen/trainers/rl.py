@@ -95,7 +95,8 @@ class _SamplingTrainer(_AlgorithmTrainer):
             self._sampler = jax.jit(run)
         if self._sampler is not protocol.sample:
             try:
-                return self._sampler(self.state.params, self._rest, prompts, key)
+                # on a mesh the key joins the replicated parameters' devices
+                return self._sampler(self.state.params, self._rest, prompts, self._replicate(key))
             except _UNTRACEABLE as error:
                 warnings.warn(
                     f"{type(self.model).__name__}.sample cannot be traced by jax.jit "
@@ -182,7 +183,7 @@ class REINFORCETrainer(_SamplingTrainer):
       >>> batch = {"observations": jnp.ones((4, 3)), "actions": jnp.array([0, 1, 0, 1]),
       ...          "rewards": jnp.array([1.0, 0.0, 1.0, 0.0])}
       >>> sorted(trainer.train_step(batch))
-      ['entropy', 'loss', 'mean_reward', 'policy_loss', 'reward_std']
+      ['entropy', 'loss', 'mean_reward', 'policy_loss', 'reward_std', 'skipped']
     """
 
     config_type = REINFORCEConfig

@@ -6,7 +6,6 @@ held-out ELBO, composition under jit / vmap over seeds / lax.scan, and the error
 
 import dataclasses
 import math
-import warnings
 
 import hypothesis.extra.numpy as hnp
 import jax
@@ -498,15 +497,11 @@ def test_bad_model_outputs_are_named():
         V.vae_loss(LinearVAE(), images(), jax.random.key(0), 0, VAEConfig(learn_decoder_std=True))
 
 
-def test_out_of_range_bernoulli_targets_under_jit_give_nan_and_a_warning():
+def test_out_of_range_bernoulli_targets_under_jit_give_a_nan_loss():
     model, config = LinearVAE(), VAEConfig(decoder="bernoulli")
     fn = jax.jit(lambda b: V.vae_loss(model, b, jax.random.key(0), 0, config)[0])
     good = images(unit=True)
     assert np.isfinite(float(fn(good)))
     bad = {"images": good["images"].at[0, 0].set(1.5)}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        loss = float(fn(bad))
-        jax.effects_barrier()
-    assert np.isnan(loss)
-    assert any("outside [0, 1]" in str(w.message) for w in caught)
+    # NaN, so a trainer skips the update and reports it (no host callback in the step)
+    assert np.isnan(float(fn(bad)))
